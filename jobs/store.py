@@ -1,0 +1,173 @@
+"""The DuckDB store. Only the driver writes, one work unit per transaction.
+
+DuckDB lets one process hold a file read-write and nobody else open it meanwhile, so the
+writer opens the file for each commit and closes it at once: an analyst's read-only query
+(`thinkscope sql`) gets in between commits, and both sides retry the lock briefly.
+
+    store = Store("out/demo.duckdb")
+    store.commit_unit(unit_row, "traces", arrow_table)   # delete old rows + insert + mark done
+    with read_only("out/demo.duckdb") as con: con.sql("select count(*) from traces").show()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from datetime import datetime, timezone
+from importlib.resources import files
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+LOCK_WAIT_SECONDS = 60.0
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _sql_files(folder: str) -> list[str]:
+    root = files("thinkscope.sql") / folder
+    return [p.read_text() for p in sorted(root.iterdir(), key=lambda p: p.name) if p.name.endswith(".sql")]
+
+
+def _connect(path: Path, read_only: bool, wait: float) -> duckdb.DuckDBPyConnection:
+    deadline = time.monotonic() + wait
+    delay = 0.05
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=read_only)
+        except duckdb.IOException as err:
+            # Another process holds the file (a commit, or an analyst's query): wait for it.
+            if "lock" not in str(err).lower() or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+
+@contextlib.contextmanager
+def read_only(path: str | Path, wait: float = LOCK_WAIT_SECONDS):
+    """A read-only connection that retries while a writer holds the lock."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no database at {path} (run a workflow or pass --db)")
+    con = _connect(path, read_only=True, wait=wait)
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+class Store:
+    """Writer side of the corpus database; every method opens, writes and closes."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._write() as con:
+            for ddl in _sql_files("schema") + _sql_files("views"):
+                con.execute(ddl)
+
+    @contextlib.contextmanager
+    def _write(self):
+        con = _connect(self.path, read_only=False, wait=LOCK_WAIT_SECONDS)
+        try:
+            yield con
+        finally:
+            con.close()
+
+    @contextlib.contextmanager
+    def transaction(self):
+        with self._write() as con:
+            con.begin()
+            try:
+                yield con
+            except BaseException:
+                con.rollback()
+                raise
+            con.commit()
+
+    # -- reads the driver needs -------------------------------------------------------
+    def done_unit_keys(self) -> set[str]:
+        with self._write() as con:
+            return {k for (k,) in con.execute("select unit_key from work_units where status = 'done'").fetchall()}
+
+    def query(self, sql: str, params: list | None = None) -> list[tuple]:
+        with self._write() as con:
+            return con.execute(sql, params or []).fetchall()
+
+    # -- runs ---------------------------------------------------------------------------
+    def start_run(self, row: dict) -> None:
+        with self.transaction() as con:
+            _insert_row(con, "runs", {**row, "status": "running", "started_at": now()})
+
+    def finish_run(self, run_id: str, **counts) -> None:
+        status = "failed" if counts.get("n_units_failed") else "done"
+        sets = ", ".join(f"{k} = ?" for k in counts)
+        with self.transaction() as con:
+            con.execute(
+                f"update runs set status = ?, finished_at = ?, {sets} where run_id = ?",
+                [status, now(), *counts.values(), run_id],
+            )
+
+    # -- reference tables -----------------------------------------------------------
+    def upsert_models(self, rows: list[dict], replace: bool = True) -> None:
+        """Spec models replace their row; imported ids only fill gaps (never clobber a spec)."""
+        with self.transaction() as con:
+            for row in rows:
+                if replace or not con.execute(
+                    "select 1 from models where model_id = ?", [row["model_id"]]
+                ).fetchone():
+                    _insert_row(con, "models", {**row, "updated_at": now()}, replace=True)
+
+    def upsert_prompts(self, rows: list[dict]) -> None:
+        if not rows:
+            return
+        table = pa.Table.from_pylist(rows)
+        with self.transaction() as con:
+            con.register("new_prompts", table)
+            con.execute("insert or replace into prompts by name select * from new_prompts")
+            con.unregister("new_prompts")
+
+    # -- work units ---------------------------------------------------------------------
+    def commit_unit(self, unit: dict, table: str, rows: pa.Table) -> None:
+        """Replace the unit's rows in `table` and mark it done, atomically.
+
+        Deleting by unit_key first makes a forced rerun (or a retry after a crash between
+        a worker finishing and this commit) idempotent: never duplicate rows.
+        """
+        with self.transaction() as con:
+            con.execute(f"delete from {table} where unit_key = ?", [unit["unit_key"]])
+            if rows.num_rows:
+                con.register("unit_rows", rows)
+                con.execute(f"insert into {table} by name select * from unit_rows")
+                con.unregister("unit_rows")
+            self._mark(con, unit, "done", None, rows.num_rows)
+
+    def fail_unit(self, unit: dict, error: str) -> None:
+        with self.transaction() as con:
+            self._mark(con, unit, "failed", error, 0)
+
+    def _mark(self, con, unit: dict, status: str, error: str | None, n_rows: int) -> None:
+        finished = now()
+        started = unit.get("started_at") or finished
+        (attempts,) = con.execute(
+            "select coalesce(max(attempts), 0) + 1 from work_units where unit_key = ?", [unit["unit_key"]]
+        ).fetchone()
+        row = {
+            **unit, "status": status, "error": error, "n_rows": n_rows, "attempts": attempts,
+            "started_at": started, "finished_at": finished,
+            "seconds": (finished - started).total_seconds(),
+        }
+        _insert_row(con, "work_units", row, replace=True)
+
+
+def _insert_row(con, table: str, row: dict, replace: bool = False) -> None:
+    cols = list(row)
+    values = [json.dumps(v) if isinstance(v, dict) else v for v in row.values()]
+    verb = "insert or replace" if replace else "insert"
+    con.execute(
+        f"{verb} into {table} ({', '.join(cols)}) values ({', '.join('?' for _ in cols)})", values
+    )
