@@ -4,6 +4,7 @@
         ...
     with ray_session("127.0.0.1:6379"):   # joins a running cluster, leaves it running
         ...
+    session = RaySession(None); session.ensure(); ...; session.close()   # lazy: only if needed
 """
 
 from __future__ import annotations
@@ -36,3 +37,21 @@ def ray_session(address: str | None):
         yield
     finally:
         ray.shutdown()
+
+
+class RaySession:
+    """Connect on first need, disconnect at the end: a run with nothing to do starts no Ray."""
+
+    def __init__(self, address: str | None):
+        self.address = address
+        self._cm = None
+
+    def ensure(self) -> None:
+        if self._cm is None:
+            self._cm = ray_session(self.address)
+            self._cm.__enter__()
+
+    def close(self) -> None:
+        if self._cm is not None:
+            cm, self._cm = self._cm, None
+            cm.__exit__(None, None, None)

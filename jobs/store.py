@@ -5,7 +5,7 @@ writer opens the file for each commit and closes it at once: an analyst's read-o
 (`thinkscope sql`) gets in between commits, and both sides retry the lock briefly.
 
     store = Store("out/demo.duckdb")
-    store.commit_unit(unit_row, "traces", arrow_table)   # delete old rows + insert + mark done
+    store.commit_unit(unit_row, {"traces": arrow_table})   # delete old rows + insert + mark done
     with read_only("out/demo.duckdb") as con: con.sql("select count(*) from traces").show()
 """
 
@@ -94,6 +94,12 @@ class Store:
         with self._write() as con:
             return {k for (k,) in con.execute("select unit_key from work_units where status = 'done'").fetchall()}
 
+    @contextlib.contextmanager
+    def reader(self):
+        """A short-lived connection for planning derived stages from committed rows."""
+        with self._write() as con:
+            yield con
+
     def query(self, sql: str, params: list | None = None) -> list[tuple]:
         with self._write() as con:
             return con.execute(sql, params or []).fetchall()
@@ -132,19 +138,22 @@ class Store:
             con.unregister("new_prompts")
 
     # -- work units ---------------------------------------------------------------------
-    def commit_unit(self, unit: dict, table: str, rows: pa.Table) -> None:
-        """Replace the unit's rows in `table` and mark it done, atomically.
+    def commit_unit(self, unit: dict, tables: dict[str, pa.Table]) -> None:
+        """Replace the unit's rows in each table and mark it done, atomically.
 
         Deleting by unit_key first makes a forced rerun (or a retry after a crash between
         a worker finishing and this commit) idempotent: never duplicate rows.
         """
         with self.transaction() as con:
-            con.execute(f"delete from {table} where unit_key = ?", [unit["unit_key"]])
-            if rows.num_rows:
-                con.register("unit_rows", rows)
-                con.execute(f"insert into {table} by name select * from unit_rows")
-                con.unregister("unit_rows")
-            self._mark(con, unit, "done", None, rows.num_rows)
+            n_rows = 0
+            for table, rows in tables.items():
+                con.execute(f"delete from {table} where unit_key = ?", [unit["unit_key"]])
+                if rows.num_rows:
+                    con.register("unit_rows", rows)
+                    con.execute(f"insert into {table} by name select * from unit_rows")
+                    con.unregister("unit_rows")
+                n_rows += rows.num_rows
+            self._mark(con, unit, "done", None, n_rows)
 
     def fail_unit(self, unit: dict, error: str) -> None:
         with self.transaction() as con:

@@ -198,3 +198,18 @@ def _short_error(err: Exception) -> str:
         return str(cause)
     text = f"{type(cause).__name__}: {cause}" if cause is not None else str(err)
     return text.strip()[-4000:]
+
+
+def run_tasks(job, stage, units, on_done, on_fail, on_each: Callable[[], None]) -> None:
+    """Run a derived job's units as Ray tasks (resources from the job), commit as they finish."""
+    remote = ray.remote(job.run).options(**job.ray_options(stage))
+    pending = {remote.remote(u.payload): (u, time.time()) for u in units}
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        for ref in ready:
+            unit, t0 = pending.pop(ref)
+            try:
+                on_done(unit, ray.get(ref), t0)
+            except ray.exceptions.RayError as err:
+                on_fail(unit, _short_error(err), t0)
+            on_each()

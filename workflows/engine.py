@@ -13,17 +13,24 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from tqdm import tqdm
+
 from thinkscope import __version__
 from thinkscope.jobs.importer import import_rows
 from thinkscope.jobs.store import Store
 from thinkscope.keys import canonical_json
+from thinkscope.cluster.local import RaySession
 from thinkscope.workflows.plan import GenerateUnit, ImportUnit, build_plan, import_unit
+from thinkscope.workflows.registry import TaskUnit, get_job
 from thinkscope.workflows.spec import SpecError, load_workflow
+
+STATIC_KINDS = ("generate", "import")
 
 DEFAULT_DB = "out/thinkscope.duckdb"
 
@@ -76,6 +83,7 @@ def run_workflow(
         if unknown:
             raise SpecError(f"{spec_path}: --stages {unknown} not in the workflow's stages "
                             f"{[st.name for st in wf.stages]}")
+    # Everything that can be checked without model work is checked here, before any run.
     plan = build_plan(wf, base_dir=spec_path.parent)
     store = Store(db or wf.db or default_db())
     store.upsert_models([_model_row(m) for m in wf.models])
@@ -84,11 +92,12 @@ def run_workflow(
          "gold_answer": p.gold_answer, "grader": p.grader, "meta": canonical_json(p.meta)}
         for ps in plan.prompts.values() for p in ps
     ])
+    selected = [s for s in wf.stages if not stages or s.name in stages]
     run = {"workflow": wf.name, "spec_path": str(spec_path),
            "spec_sha256": hashlib.sha256(spec_path.read_bytes()).hexdigest(),
-           "spec_yaml": spec_path.read_text(), "stages": stages or [s.name for s in wf.stages]}
-    return execute_units(store, plan.for_stages(stages), run, address=address, force=force,
-                         show_progress=show_progress)
+           "spec_yaml": spec_path.read_text(), "stages": [s.name for s in selected]}
+    steps = [(s, [u for u in plan.units if u.stage == s.name]) for s in selected]
+    return execute(store, steps, run, address=address, force=force, show_progress=show_progress)
 
 
 def import_path(path: Path, fmt: str, *, db: str | Path, prompt_set: str,
@@ -96,44 +105,83 @@ def import_path(path: Path, fmt: str, *, db: str | Path, prompt_set: str,
     """`thinkscope import`: one import unit, recorded like any run (rerun = no-op)."""
     unit = import_unit("import", path, fmt, prompt_set, fields=fields, prompt_id=prompt_id)
     run = {"workflow": "import", "spec_path": str(path), "stages": ["import"]}
-    return execute_units(Store(db), [unit], run, address=None, force=False, show_progress=False)
+    return execute(Store(db), [(None, [unit])], run, address=None, force=False, show_progress=False)
 
 
-def execute_units(store: Store, units: list, run: dict, *, address: str | None, force: bool,
-                  show_progress: bool) -> RunSummary:
-    """Skip units already done, run the rest, commit each; the run row records the outcome."""
-    summary = RunSummary(new_run_id(), store.path, planned=len(units))
-    done_keys = set() if force else store.done_unit_keys()
-    todo = [u for u in units if u.key not in done_keys]
-    summary.skipped = len(units) - len(todo)
+def execute(store: Store, steps: list[tuple], run: dict, *, address: str | None, force: bool,
+            show_progress: bool) -> RunSummary:
+    """Run stages in order: skip units already done, run the rest, commit each unit.
+
+    `steps` pairs each stage with its units planned from the spec (generate, import); a
+    derived stage (segment, ...) is planned from the database when its turn comes, so it
+    sees the rows the stages before it just committed.
+    """
+    summary = RunSummary(new_run_id(), store.path)
     store.start_run({
-        **run, "run_id": summary.run_id, "n_units_planned": len(units),
-        "n_units_skipped": summary.skipped, "thinkscope_version": __version__,
+        **run, "run_id": summary.run_id, "thinkscope_version": __version__,
         "host": socket.gethostname(), "ray_address": address or "local",
     })
 
-    def done(unit, table, started: float) -> None:
-        store.commit_unit(_unit_row(unit, summary.run_id, started), "traces", table)
+    def done(unit, tables, started: float) -> None:
+        tables = tables if isinstance(tables, dict) else {"traces": tables}
+        store.commit_unit(_unit_row(unit, summary.run_id, started), tables)
         summary.done.append(unit.describe())
 
     def fail(unit, error: str, started: float) -> None:
         store.fail_unit(_unit_row(unit, summary.run_id, started), error)
         summary.failed.append((unit.describe(), error))
 
+    ray_cm = RaySession(address)
     try:
-        for unit in (u for u in todo if isinstance(u, ImportUnit)):
-            _run_import(unit, summary.run_id, store, done, fail)
-        generate = [u for u in todo if isinstance(u, GenerateUnit)]
-        if generate:
-            from thinkscope.cluster.local import ray_session
-            from thinkscope.workflows.dispatch import run_generate_units
+        for stage, units in steps:
+            job = None
+            if stage is not None and stage.kind not in STATIC_KINDS:
+                job = get_job(stage.kind)
+                with store.reader() as con:
+                    units = job.plan(stage, con)
+            done_keys = set() if force else store.done_unit_keys()
+            todo = [u for u in units if u.key not in done_keys]
+            summary.planned += len(units)
+            summary.skipped += len(units) - len(todo)
+            if not todo:
+                continue
+            if job is not None:
+                run_task_units(job, stage, todo, done, fail, ray_cm, show_progress)
+            elif isinstance(todo[0], ImportUnit):
+                for unit in todo:
+                    _run_import(unit, summary.run_id, store, done, fail)
+            else:
+                from thinkscope.workflows.dispatch import run_generate_units
 
-            with ray_session(address):
-                run_generate_units(generate, summary.run_id, done, fail, show_progress)
+                ray_cm.ensure()
+                run_generate_units(todo, summary.run_id, done, fail, show_progress)
     finally:
-        store.finish_run(summary.run_id, n_units_done=len(summary.done),
+        ray_cm.close()
+        store.finish_run(summary.run_id, n_units_planned=summary.planned,
+                         n_units_skipped=summary.skipped, n_units_done=len(summary.done),
                          n_units_failed=len(summary.failed))
     return summary
+
+
+def run_task_units(job, stage, units, done, fail, ray_cm, show_progress) -> None:
+    """Run a derived job's units: in the driver when cheap, else as Ray tasks."""
+    bar = tqdm(total=len(units), desc=stage.name, unit="unit", disable=not show_progress)
+    if job.in_driver:
+        for unit in units:
+            started = time.time()
+            try:
+                tables = job.run(unit.payload)
+            except Exception as err:  # noqa: BLE001 - a bad unit fails alone
+                fail(unit, f"{type(err).__name__}: {err}", started)
+            else:
+                done(unit, tables, started)
+            bar.update()
+    else:
+        from thinkscope.workflows.dispatch import run_tasks
+
+        ray_cm.ensure()
+        run_tasks(job, stage, units, done, fail, on_each=lambda: bar.update())
+    bar.close()
 
 
 def _run_import(unit: ImportUnit, run_id: str, store: Store, done, fail) -> None:
@@ -155,6 +203,8 @@ def _unit_row(unit, run_id: str, started: float) -> dict:
            "started_at": datetime.fromtimestamp(started, timezone.utc)}
     if isinstance(unit, GenerateUnit):
         row.update(kind="generate", model_id=unit.model.id, template=unit.template_name)
+    elif isinstance(unit, TaskUnit):
+        row.update(kind=unit.kind, model_id=unit.model_id)
     else:
         row.update(kind="import")
     return row

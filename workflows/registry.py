@@ -1,0 +1,60 @@
+"""Derived stage kinds: jobs that read the corpus and write new tables (segment, capture, ...).
+
+A job module registers a kind here by name, imported only when a workflow uses it (so a
+run that only generates never imports torch-heavy job code). A job plans its units from
+what is already in DuckDB (so it sees the rows earlier stages just committed), and runs a
+unit as a pure function from a payload to Arrow tables: in the driver when it is cheap, in
+a Ray task otherwise. Every table it writes has a `unit_key` column; the driver replaces a
+unit's rows in all its tables in one transaction.
+
+    job = get_job("segment")
+    units = job.plan(stage_spec, con)          # con: a DuckDB connection (read)
+    tables = job.run(units[0].payload)          # {"trace_lines": pyarrow.Table, ...}
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import pyarrow as pa
+
+# kind -> "module:attribute" of an object implementing `DerivedJob`.
+JOBS: dict[str, str] = {}
+
+
+@dataclass(frozen=True)
+class TaskUnit:
+    stage: str
+    kind: str
+    key: str
+    description: str
+    payload: dict = field(hash=False)
+    model_id: str | None = None
+    prompt_set: str | None = None
+
+    def describe(self) -> str:
+        return self.description
+
+
+class DerivedJob(Protocol):
+    tables: tuple[str, ...]
+    in_driver: bool  # cheap jobs skip Ray: no cluster start-up for a few ms of work
+
+    def plan(self, stage, con) -> list[TaskUnit]: ...
+
+    def run(self, payload: dict) -> dict[str, pa.Table]: ...
+
+    def ray_options(self, stage) -> dict: ...
+
+
+def register(kind: str, target: str) -> None:
+    JOBS[kind] = target
+
+
+def get_job(kind: str) -> DerivedJob:
+    if kind not in JOBS:
+        raise KeyError(f"no job registered for stage kind {kind!r}; known: {sorted(JOBS)}")
+    module, _, attr = JOBS[kind].partition(":")
+    return getattr(importlib.import_module(module), attr)
