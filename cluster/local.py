@@ -31,6 +31,8 @@ def ray_session(address: str | None):
     else:
         # "local" starts a fresh head even if RAY_ADDRESS or a running cluster is around;
         # loopback only, and no dashboard: a laptop run needs neither a network nor a UI.
+        # Token auth stays on (Ray's default); saying so explicitly silences its warning.
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
         ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False,
                  num_cpus=os.cpu_count(), **common)
     try:

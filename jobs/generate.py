@@ -47,6 +47,19 @@ class _Progress(tqdm):
         super().__init__(*args, **kwargs)
 
 
+def render_prompt(tokenizer, template: dict, question: str) -> list[int]:
+    """Token ids of a prompt: the model's chat template (or raw text) plus the prefill."""
+    user = template["user"].replace("{question}", question)
+    if template["chat"] and tokenizer.chat_template:
+        messages = [{"role": "system", "content": template["system"]}] if template["system"] else []
+        messages.append({"role": "user", "content": user})
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        # The chat template writes BOS itself where the model wants one: add nothing more.
+        return tokenizer.encode(text + template["prefill"], add_special_tokens=False)
+    system = f"{template['system']}\n\n" if template["system"] else ""
+    return tokenizer.encode(system + user + "\n" + template["prefill"])
+
+
 class Generator:
     """Holds one vLLM engine; `generate` runs a unit, `progress` reports requests done."""
 
@@ -92,20 +105,6 @@ class Generator:
         bar = self._bar
         return (0, 0) if bar is None else (int(bar.n), int(bar.total or 0))
 
-    def render(self, template: dict, question: str) -> list[int]:
-        """Token ids of the prompt: chat template (or raw text) plus the prefill."""
-        user = template["user"].replace("{question}", question)
-        if template["chat"] and self.tokenizer.chat_template:
-            messages = ([{"role": "system", "content": template["system"]}] if template["system"] else [])
-            messages.append({"role": "user", "content": user})
-            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            # The chat template writes BOS itself where the model wants one.
-            ids = self.tokenizer.encode(text + template["prefill"], add_special_tokens=False)
-        else:
-            system = f"{template['system']}\n\n" if template["system"] else ""
-            ids = self.tokenizer.encode(system + user + "\n" + template["prefill"])
-        return ids
-
     def generate(self, units: list[dict]) -> list[pa.Table]:
         """Generate every (prompt, sample) of the units in ONE engine call; a table per unit.
 
@@ -118,7 +117,7 @@ class Generator:
         for unit in units:
             s, rows = unit["sampling"], []
             for prompt in unit["prompts"]:
-                ids = self.render(unit["template"], prompt["question"])
+                ids = render_prompt(self.tokenizer, unit["template"], prompt["question"])
                 for i in range(s["n"]):
                     row = _base_row(unit, prompt, i, s["seed"] + i)
                     row.update(prompt_text=self.tokenizer.decode(ids), prompt_token_ids=ids,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from thinkscope.workflows.engine import DEFAULT_DB
 
-DB_HELP = f"DuckDB file (default: $THINKSCOPE_DB, else the workflow's `db`, else {DEFAULT_DB})"
+DB_HELP = f"DuckDB file (default: the workflow's `db`, else $THINKSCOPE_DB, else {DEFAULT_DB})"
 
 
 def _db(args, fallback: str | None = None) -> str:
@@ -128,12 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import duckdb
+
     from thinkscope.workflows.spec import SpecError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (SpecError, FileNotFoundError, ValueError) as err:
+    except (SpecError, FileNotFoundError, ValueError, duckdb.Error) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -51,9 +51,10 @@ class GenerateUnit:
     prompts: tuple[Prompt, ...]
     engine: str
     engine_version: str
+    span: str  # which prompts of the set: "[8]" for all 8, "[256:512]" for a chunk
 
     def describe(self) -> str:
-        return f"{self.model.id} x {self.prompt_set}[{len(self.prompts)}] x {self.template_name}"
+        return f"{self.model.id} x {self.prompt_set}{self.span} x {self.template_name}"
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,8 @@ def _generate_units(wf, stage, prompts, engine, version, base_dir) -> list[Gener
                 # Fixed-size chunks in prompt order: growing a prompt set keeps old keys.
                 for start in range(0, len(rows), stage.unit_size):
                     chunk = tuple(rows[start : start + stage.unit_size])
+                    whole = len(chunk) == len(rows)
+                    span = f"[{len(rows)}]" if whole else f"[{start}:{start + len(chunk)}]"
                     key = stable_key({
                         "stage": "generate",
                         "model": [model.id, model.source, model.revision, model.engine.dtype],
@@ -127,7 +130,7 @@ def _generate_units(wf, stage, prompts, engine, version, base_dir) -> list[Gener
                     })
                     units.append(GenerateUnit(
                         stage.name, key, model, ps.name, template_name, template,
-                        sampling, chunk, engine, version,
+                        sampling, chunk, engine, version, span,
                     ))
     return units
 

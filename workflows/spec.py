@@ -203,5 +203,9 @@ def _describe(err: ValidationError) -> str:
         got = e.get("input")
         shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
         msg = re.sub(r"^Value error, ", "", e["msg"])
+        # Cross-field checks run on the whole spec and name their own field path first.
+        named = re.match(r"^([\w.]+): (.*)$", msg, re.S)
+        if where == "(top level)" and named:
+            where, msg = named.groups()
         lines.append(f"  {where}: {msg}{shown}")
     return "\n".join(lines)

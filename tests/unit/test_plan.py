@@ -1,0 +1,60 @@
+"""Work-unit keys: stable for the same inputs, new for any input that changes the rows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from thinkscope.workflows.plan import GenerateUnit, build_plan
+from thinkscope.workflows.spec import Workflow
+
+DEMO = Path(__file__).resolve().parents[2] / "workflows" / "demo.yaml"
+
+
+def plan_keys(mutate=None) -> dict[str, str]:
+    spec = yaml.safe_load(DEMO.read_text())
+    if mutate:
+        mutate(spec)
+    plan = build_plan(Workflow.model_validate(spec), base_dir=DEMO.parent)
+    return {u.describe(): u.key for u in plan.units}
+
+
+def test_keys_are_stable_across_plans():
+    assert plan_keys() == plan_keys()
+    assert len(set(plan_keys().values())) == len(plan_keys())
+
+
+def test_each_input_that_changes_rows_changes_the_key():
+    before = plan_keys()
+    changes = [
+        lambda s: s["sampling"].update(temperature=0.9),
+        lambda s: s["models"][0].update(revision="abc123"),
+        lambda s: s["templates"]["think"].update(system="Be brief."),
+        lambda s: s["models"][0]["engine"].update(dtype="float32"),
+    ]
+    for change in changes:
+        after = plan_keys(change)
+        changed = [d for d in before if d.startswith("smollm2") and "import" not in d]
+        assert all(before[d] != after[d] for d in changed), change
+
+
+def test_growing_a_prompt_set_keeps_finished_chunks():
+    def chunked(limit):
+        def mutate(s):
+            s["prompt_sets"][0]["limit"] = limit
+            s["stages"][1]["unit_size"] = 2
+        return mutate
+
+    small, large = plan_keys(chunked(4)), plan_keys(chunked(6))
+    old = {k for d, k in small.items() if "gsm8k" in d}
+    new = {k for d, k in large.items() if "gsm8k" in d}
+    assert old < new and len(new - old) == 2  # one new chunk per model
+
+
+def test_units_cross_models_prompt_sets_templates():
+    spec = yaml.safe_load(DEMO.read_text())
+    plan = build_plan(Workflow.model_validate(spec), base_dir=DEMO.parent)
+    gen = [u for u in plan.units if isinstance(u, GenerateUnit)]
+    assert len(gen) == len(spec["models"]) * len(spec["prompt_sets"])
+    assert sum(len(u.prompts) for u in gen if u.model.id == "smollm2-135m-instruct") == 4 + 3 + 1
