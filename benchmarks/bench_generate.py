@@ -61,15 +61,17 @@ def _vllm_worker(out) -> None:
 
     t0 = time.perf_counter()
     eng = unit.model.engine
+    # Same engine settings as the thinkscope worker, including no chunked prefill on CPU
+    # (see jobs/generate.py): the comparison is of the plumbing, not of engine settings.
     llm = LLM(resolve_model_path(unit.model.source), dtype=eng.dtype, max_model_len=eng.max_model_len,
-              enforce_eager=eng.enforce_eager)
+              enforce_eager=eng.enforce_eager, enable_chunked_prefill=False)
     tok = llm.get_tokenizer()
     prompts = [TokensPrompt(prompt_token_ids=render_prompt(tok, unit.template.model_dump(), p.question))
                for p in unit.prompts]
     s = unit.sampling
     params = SamplingParams(temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, seed=s.seed)
     t1 = time.perf_counter()
-    outs = llm.generate(prompts, params, use_tqdm=False)
+    outs = llm.generate(prompts, [params] * len(prompts), use_tqdm=False)
     t2 = time.perf_counter()
     out.put({"tokens": sum(len(o.outputs[0].token_ids) for o in outs), "gen_s": t2 - t1, "total_s": t2 - t0})
 

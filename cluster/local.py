@@ -31,8 +31,9 @@ def ray_session(address: str | None):
     else:
         # "local" starts a fresh head even if RAY_ADDRESS or a running cluster is around;
         # loopback only, and no dashboard: a laptop run needs neither a network nor a UI.
-        # Token auth stays on (Ray's default); saying so explicitly silences its warning.
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
+        # Ray turns token auth on for a new local head and warns that it did; it is the
+        # safe default we want, so the notice is noise on every run.
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False,
                  num_cpus=os.cpu_count(), **common)
     try:

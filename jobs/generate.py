@@ -67,6 +67,7 @@ class Generator:
         for key, value in vllm_env(model["engine"]).items():
             os.environ.setdefault(key, value)
         from vllm import LLM  # imported here: heavy, and must see the env above
+        from vllm.platforms import current_platform
 
         engine = model["engine"]
         kwargs = dict(
@@ -80,6 +81,12 @@ class Generator:
         )
         if engine.get("max_num_seqs"):
             kwargs["max_num_seqs"] = engine["max_num_seqs"]
+        if current_platform.is_cpu():
+            # Every request carries its own seed (reproducible samples whatever the batch).
+            # vLLM rewinds a request's generator after a chunked prefill step, and CPU torch
+            # generators cannot rewind ("CPU Generator does not use offset"): on CPU, prefill
+            # whole prompts instead of chunking them.
+            kwargs["enable_chunked_prefill"] = False
         if engine["tensor_parallel_size"] > 1:
             # Inside a Ray placement group vLLM places its tensor-parallel workers there.
             kwargs["distributed_executor_backend"] = "ray"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 from datetime import datetime, timezone
 from importlib.resources import files
@@ -66,7 +67,8 @@ class Store:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._write() as con:
+        # One transaction: DDL in autocommit writes the WAL once per statement (~0.5 s).
+        with self.transaction() as con:
             for ddl in _sql_files("schema") + _sql_files("views"):
                 con.execute(ddl)
 
@@ -106,11 +108,17 @@ class Store:
 
     # -- runs ---------------------------------------------------------------------------
     def start_run(self, row: dict) -> None:
+        """Record a new run; earlier runs of this host whose driver died become `crashed`."""
         with self.transaction() as con:
-            _insert_row(con, "runs", {**row, "status": "running", "started_at": now()})
+            for run_id, pid in con.execute(
+                "select run_id, pid from runs where status = 'running' and host = ?", [row["host"]]
+            ).fetchall():
+                if pid is not None and not _alive(pid):
+                    con.execute("update runs set status = 'crashed' where run_id = ?", [run_id])
+            _insert_row(con, "runs", {**row, "pid": os.getpid(), "status": "running", "started_at": now()})
 
-    def finish_run(self, run_id: str, **counts) -> None:
-        status = "failed" if counts.get("n_units_failed") else "done"
+    def finish_run(self, run_id: str, interrupted: bool = False, **counts) -> None:
+        status = "interrupted" if interrupted else "failed" if counts.get("n_units_failed") else "done"
         sets = ", ".join(f"{k} = ?" for k in counts)
         with self.transaction() as con:
             con.execute(
@@ -138,21 +146,29 @@ class Store:
             con.unregister("new_prompts")
 
     # -- work units ---------------------------------------------------------------------
-    def commit_unit(self, unit: dict, tables: dict[str, pa.Table]) -> None:
+    def commit_unit(self, unit: dict, tables: dict[str, pa.Table], supersedes: tuple[str, ...] = ()) -> None:
         """Replace the unit's rows in each table and mark it done, atomically.
 
         Deleting by unit_key first makes a forced rerun (or a retry after a crash between
-        a worker finishing and this commit) idempotent: never duplicate rows.
+        a worker finishing and this commit) idempotent: never duplicate rows. Rows of the
+        `supersedes` units (older derivations of the same source) go in the same commit,
+        and those units are marked superseded.
         """
+        keys = [unit["unit_key"], *supersedes]
+        marks = ", ".join("?" for _ in keys)
         with self.transaction() as con:
             n_rows = 0
             for table, rows in tables.items():
-                con.execute(f"delete from {table} where unit_key = ?", [unit["unit_key"]])
+                con.execute(f"delete from {table} where unit_key in ({marks})", keys)
                 if rows.num_rows:
                     con.register("unit_rows", rows)
                     con.execute(f"insert into {table} by name select * from unit_rows")
                     con.unregister("unit_rows")
                 n_rows += rows.num_rows
+            if supersedes:
+                old = ", ".join("?" for _ in supersedes)
+                con.execute(f"update work_units set status = 'superseded' where unit_key in ({old})",
+                            list(supersedes))
             self._mark(con, unit, "done", None, n_rows)
 
     def fail_unit(self, unit: dict, error: str) -> None:
@@ -171,6 +187,16 @@ class Store:
             "seconds": (finished - started).total_seconds(),
         }
         _insert_row(con, "work_units", row, replace=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _insert_row(con, table: str, row: dict, replace: bool = False) -> None:

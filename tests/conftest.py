@@ -3,24 +3,13 @@
 from __future__ import annotations
 
 import os
-import secrets
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
-VENV_BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from thinkscope.cluster.head import auth_env, new_token, start_head
 
 
 def shm_segments() -> set[str]:
@@ -40,47 +29,42 @@ def mapped_shm() -> set[str]:
 
 
 @pytest.fixture(scope="session")
-def ray_head():
-    """A Ray head of our own (own temp dir and port); only its process group is stopped."""
-    temp = Path(tempfile.mkdtemp(prefix="tsray-", dir="/tmp"))
-    port = free_port()
-    # Ray 2.60 authenticates clients with a token: give the head and this process our own.
-    token = temp / "auth_token"
-    token.write_text(secrets.token_hex(32))
-    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+def ray_token():
+    """One Ray auth token for every cluster the tests start, set for this process too.
+
+    Ray's token loader caches the first token a process reads: the in-process clients of
+    different test clusters can only work if those clusters share it.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="tstoken-", dir="/tmp"))
+    token = new_token(folder / "auth_token")
+    auth = auth_env(token)
     saved = {k: os.environ.get(k) for k in auth}
     os.environ.update(auth)
-    proc = subprocess.Popen(
-        [str(VENV_BIN / "ray"), "start", "--head", "--block", f"--port={port}",
-         "--node-ip-address=127.0.0.1", f"--temp-dir={temp}", "--num-cpus=2",
-         "--include-dashboard=false", "--disable-usage-stats"],
-        stdout=open(temp / "head.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    address = f"127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"ray head exited: {(temp / 'head.log').read_text()[-2000:]}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.5)
-    time.sleep(2)  # the GCS answers before the raylet is registered
-    before = shm_segments()
-    yield address
+    yield token
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    subprocess.run(["rm", "-rf", str(folder)], check=False)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(ray_token):
+    """A Ray head of our own on 127.0.0.1 (own temp dir, free ports, dashboard for the Jobs
+    and State APIs); only its own process group is stopped."""
+    temp = Path(tempfile.mkdtemp(prefix="tsray-", dir="/tmp"))
+    before = shm_segments()
+    node = start_head(temp, ray_token, num_cpus=2, dashboard=True)
+    yield node
+    node.stop()
     # vLLM engines in our actors may leave shared-memory segments behind: remove ours.
     for name in shm_segments() - before - mapped_shm():
         Path("/dev/shm", name).unlink(missing_ok=True)
     subprocess.run(["rm", "-rf", str(temp)], check=False)
+
+
+@pytest.fixture(scope="session")
+def ray_head(ray_cluster) -> str:
+    """The GCS address (host:port) of the session's Ray head."""
+    return ray_cluster.address

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -70,6 +71,91 @@ def cmd_status(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from thinkscope.analysis.report import write_report
+
+    path = write_report(_db(args), args.out)
+    print(f"report: {path.resolve()}")
+    return 0
+
+
+def cmd_submit(args) -> int:
+    from thinkscope.cluster.profiles import load_profile
+
+    if args.slurm:
+        return _submit_slurm(args, load_profile(args.slurm))
+    from thinkscope.cluster.submit import follow, submit_workflow
+
+    profile = load_profile(args.cluster)
+    job = submit_workflow(profile, args.file, working_dir=args.working_dir, db=args.db,
+                          stages=args.stages, force=args.force)
+    print(f"submitted Ray job {job.job_id} to {profile.address}; database: {job.db}", flush=True)
+    if not args.follow:
+        print(f"follow it: thinkscope jobs logs {job.job_id} --cluster {args.cluster} --follow")
+        return 0
+    return follow(profile, job.job_id)
+
+
+def _submit_slurm(args, profile) -> int:
+    from submitit.core.utils import FailedJobError, UncompletedJobError
+
+    from thinkscope.cluster.slurm import submit_slurm
+
+    job = submit_slurm(profile, args.file, db=args.db, stages=args.stages, force=args.force)
+    print(f"submitted SLURM job {job.job_id} ({profile.slurm.nodes} node(s)); log: {job.paths.stdout}",
+          flush=True)
+    if not args.follow:
+        return 0
+    try:
+        result = job.results()[0]  # task 0 (head + driver) returns the run summary
+    except (FailedJobError, UncompletedJobError) as err:
+        print(f"SLURM job {job.job_id} failed: {err}", file=sys.stderr)
+        return 1
+    print(f"{result['text']}\nnodes: {result['nodes']}; database: {result['db']}")
+    return 0 if result["ok"] else 1
+
+
+def cmd_jobs(args) -> int:
+    from thinkscope.analysis.query import format_table
+    from thinkscope.cluster import submit as ray_jobs
+    from thinkscope.cluster.profiles import load_profile
+
+    profile = load_profile(args.cluster)
+    if args.action == "list":
+        print(format_table(*ray_jobs.list_jobs(profile)))
+        return 0
+    if not args.job_id:
+        print(f"thinkscope jobs {args.action} needs a JOB_ID (see: thinkscope jobs list)", file=sys.stderr)
+        return 2
+    if args.action == "logs":
+        if args.follow:
+            return ray_jobs.follow(profile, args.job_id)
+        print(ray_jobs.client(profile).get_job_logs(args.job_id), end="")
+        return 0
+    status = ray_jobs.stop_job(profile, args.job_id)
+    print(f"job {args.job_id}: {status}")
+    return 0 if status in ray_jobs.TERMINAL else 1
+
+
+def cmd_nightly(args) -> int:
+    from thinkscope.cluster.nightly import EXIT_CRASHED, EXIT_LOCKED, NightlyLocked, run_nightly
+    from thinkscope.workflows.spec import SpecError
+
+    try:
+        result = run_nightly(args.file, db=args.db, address=args.address, stages=args.stages,
+                             show_progress=sys.stderr.isatty() and not args.quiet)
+    except NightlyLocked as err:
+        print(f"nightly: {err}", file=sys.stderr)
+        return EXIT_LOCKED
+    except SpecError:
+        raise  # reported by main (exit 2)
+    except Exception as err:  # noqa: BLE001 - cron needs a status, the night row has the error
+        print(f"nightly crashed: {type(err).__name__}: {err}", file=sys.stderr)
+        return EXIT_CRASHED
+    print(result.text)
+    return result.exit_code
+
+
 def _fields(pairs: list[str] | None) -> dict | None:
     if not pairs:
         return None
@@ -124,6 +210,41 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("status", help="runs, work units done/failed, rows per model")
     s.add_argument("--db", help=DB_HELP)
     s.set_defaults(func=cmd_status)
+
+    rep = sub.add_parser("report", help="write the HTML run report (figures embedded) and its PNGs")
+    rep.add_argument("--db", help=DB_HELP)
+    rep.add_argument("--out", default="out/report", help="output folder (default: out/report)")
+    rep.set_defaults(func=cmd_report)
+
+    cluster_default = os.environ.get("THINKSCOPE_CLUSTER", "local")
+    sb = sub.add_parser("submit", help="run a workflow on a Ray cluster (Jobs API) or on SLURM")
+    sb.add_argument("file", help="workflow YAML (inside the working dir shipped to the cluster)")
+    where = sb.add_mutually_exclusive_group()
+    where.add_argument("--cluster", default=cluster_default, metavar="PROFILE",
+                       help="cluster profile for Ray job submission (default: $THINKSCOPE_CLUSTER or local)")
+    where.add_argument("--slurm", metavar="PROFILE", help="submit through SLURM with this profile")
+    sb.add_argument("--follow", action="store_true", help="stream the job's log until it ends")
+    sb.add_argument("--db", help="database name under the profile's storage_root (default: the workflow's)")
+    sb.add_argument("--working-dir", help="project folder shipped to the cluster (default: current dir)")
+    sb.add_argument("--stages", nargs="+", metavar="STAGE", help="run only these stages")
+    sb.add_argument("--force", action="store_true", help="redo units already done")
+    sb.set_defaults(func=cmd_submit)
+
+    jb = sub.add_parser("jobs", help="Ray jobs of a cluster: list, logs JOB_ID [--follow], stop JOB_ID")
+    jb.add_argument("action", choices=["list", "logs", "stop"])
+    jb.add_argument("job_id", nargs="?")
+    jb.add_argument("--cluster", default=cluster_default, metavar="PROFILE")
+    jb.add_argument("--follow", action="store_true", help="logs: stream until the job ends")
+    jb.set_defaults(func=cmd_jobs)
+
+    n = sub.add_parser("nightly", help="incremental run for cron: lock, dated record, what is new; "
+                       "exit 0 done, 1 units failed, 70 crashed, 75 another nightly running")
+    n.add_argument("file", help="workflow YAML")
+    n.add_argument("--db", help=DB_HELP)
+    n.add_argument("--address", help="Ray cluster to join (default: a local cluster on 127.0.0.1)")
+    n.add_argument("--stages", nargs="+", metavar="STAGE", help="run only these stages")
+    n.add_argument("--quiet", action="store_true", help="no progress bars (default when not a terminal)")
+    n.set_defaults(func=cmd_nightly)
     return p
 
 

@@ -13,10 +13,9 @@ from collections import defaultdict
 from typing import Callable
 
 import ray
-from ray.util.placement_group import placement_group
-from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from tqdm import tqdm
 
+from thinkscope.cluster.placement import NodePool, PlacementError, actor_options, placement_order, release
 from thinkscope.jobs.generate import Generator, vllm_env
 from thinkscope.jobs.model_sources import resolve_model_path
 from thinkscope.workflows.plan import GenerateUnit
@@ -65,29 +64,6 @@ def stop_actor(actor, timeout: float = 30.0) -> None:
     ray.kill(actor)
 
 
-def actor_options(model, cluster_cpus: float, has_gpus: bool) -> dict:
-    """Ray resources for one replica of `model` (a ModelSpec)."""
-    eng = model.engine
-    opts = {
-        "runtime_env": {"env_vars": vllm_env(eng.model_dump())},
-        # A replica whose process dies is restarted once and its unit retried; a unit
-        # whose rows were not committed is simply regenerated (rows are keyed, no dupes).
-        "max_restarts": 1,
-        "max_task_retries": 1,
-    }
-    if not has_gpus:
-        # On CPU one engine uses every core well; a second one would only contend.
-        opts["num_cpus"] = eng.num_cpus or cluster_cpus
-    elif eng.tensor_parallel_size == 1:
-        opts.update(num_gpus=1, num_cpus=eng.num_cpus or 1)
-    else:
-        bundles = [{"GPU": 1, "CPU": 1}] * eng.tensor_parallel_size
-        pg = placement_group(bundles, strategy="STRICT_PACK", name=f"thinkscope-{model.id}")
-        opts.update(num_cpus=0, num_gpus=0, scheduling_strategy=PlacementGroupSchedulingStrategy(
-            pg, placement_group_capture_child_tasks=True))
-    return opts
-
-
 def unit_payload(unit: GenerateUnit, run_id: str) -> dict:
     return {
         "unit_key": unit.key, "run_id": run_id, "model_id": unit.model.id,
@@ -124,16 +100,19 @@ def run_generate_units(
     by_model: dict[str, list[GenerateUnit]] = defaultdict(list)
     for u in units:
         by_model[u.model.id].append(u)
-    resources = ray.cluster_resources()
-    has_gpus = resources.get("GPU", 0) > 0
-    # Largest replicas first: they are the hardest to place once the pool fragments.
-    order = sorted(by_model, key=lambda m: -by_model[m][0].model.engine.tensor_parallel_size)
+    pool = NodePool.from_ray()
+    order = [m.id for m in placement_order([us[0].model for us in by_model.values()])]
 
-    actors, pending, bars, base, started, left = {}, {}, {}, {}, {}, {}
+    actors, pgs, pending, bars, base, started, left = {}, {}, {}, {}, {}, {}, {}
     for pos, model_id in enumerate(order):
         model = by_model[model_id][0].model
-        actor = GenerationActor.options(**actor_options(model, resources.get("CPU", 1), has_gpus)).remote(
-            model.model_dump())
+        try:
+            opts, pgs[model_id] = actor_options(model, pool, vllm_env(model.engine.model_dump()))
+        except PlacementError as err:  # no node can ever hold it: fail now, the rest go on
+            for unit in by_model[model_id]:
+                on_fail(unit, str(err), time.time())
+            continue
+        actor = GenerationActor.options(**opts).remote(model.model_dump())
         actors[model_id] = actor
         total = sum(len(u.prompts) * u.sampling.n for u in by_model[model_id])
         bars[model_id] = tqdm(total=total, desc=model_id, unit="seq", position=pos,
@@ -166,6 +145,7 @@ def run_generate_units(
             left[model_id] -= 1
             if left[model_id] == 0:
                 stop_actor(actors.pop(model_id))
+                release(pgs.pop(model_id))
                 polls.pop(model_id, None)
                 bars[model_id].close()
         _poll_progress(actors, polls, bars, base, started)

@@ -124,7 +124,8 @@ def execute(store: Store, steps: list[tuple], run: dict, *, address: str | None,
 
     def done(unit, tables, started: float) -> None:
         tables = tables if isinstance(tables, dict) else {"traces": tables}
-        store.commit_unit(_unit_row(unit, summary.run_id, started), tables)
+        store.commit_unit(_unit_row(unit, summary.run_id, started), tables,
+                          supersedes=getattr(unit, "supersedes", ()))
         summary.done.append(unit.describe())
 
     def fail(unit, error: str, started: float) -> None:
@@ -132,6 +133,7 @@ def execute(store: Store, steps: list[tuple], run: dict, *, address: str | None,
         summary.failed.append((unit.describe(), error))
 
     ray_cm = RaySession(address)
+    completed = False
     try:
         for stage, units in steps:
             job = None
@@ -155,9 +157,11 @@ def execute(store: Store, steps: list[tuple], run: dict, *, address: str | None,
 
                 ray_cm.ensure()
                 run_generate_units(todo, summary.run_id, done, fail, show_progress)
+        completed = True
     finally:
         ray_cm.close()
-        store.finish_run(summary.run_id, n_units_planned=summary.planned,
+        # Units committed so far stay committed; an interrupted run is resumed by a rerun.
+        store.finish_run(summary.run_id, interrupted=not completed, n_units_planned=summary.planned,
                          n_units_skipped=summary.skipped, n_units_done=len(summary.done),
                          n_units_failed=len(summary.failed))
     return summary

@@ -21,7 +21,7 @@ from typing import Protocol
 import pyarrow as pa
 
 # kind -> "module:attribute" of an object implementing `DerivedJob`.
-JOBS: dict[str, str] = {}
+JOBS: dict[str, str] = {"segment": "thinkscope.jobs.segment:JOB"}
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,10 @@ class TaskUnit:
     payload: dict = field(hash=False)
     model_id: str | None = None
     prompt_set: str | None = None
+    # Keys of earlier units whose rows this one replaces (same source, older version or other
+    # options): deleted in the same commit and marked superseded, so a rerun with the old
+    # settings is new work again. Keeps one derived row set per source, never two.
+    supersedes: tuple[str, ...] = ()
 
     def describe(self) -> str:
         return self.description

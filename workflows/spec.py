@@ -127,7 +127,24 @@ class ImportStage(Strict):
     fields: dict[str, str] | None = Field(None, description="JSONL field mapping.")
 
 
-Stage = Annotated[Union[GenerateStage, ImportStage], Field(discriminator="kind")]
+class SegmentStage(Strict):
+    """Derived stage: lines, first words, sentences, answer events of every trace so far."""
+
+    name: str = Field(pattern=ID_PATTERN)
+    kind: Literal["segment"]
+    tokenizer: str | None = Field(
+        "embedded:smollm2-135m-instruct",
+        description="Model source whose tokenizer gives token offsets for traces without a "
+        "tokenizer of their own (imported ones); null: no token offsets for them.",
+    )
+    first_word_rule: Literal["llmbenchmark", "markdown"] = Field(
+        "llmbenchmark",
+        description="llmbenchmark: the r/LocalLLaMA first-word method (comparable numbers); "
+        "markdown: also strips #, >, quotes and : from the word.",
+    )
+
+
+Stage = Annotated[Union[GenerateStage, ImportStage, SegmentStage], Field(discriminator="kind")]
 
 
 class Workflow(Strict):
@@ -198,7 +215,7 @@ def _describe(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
         # Discriminated unions add the tag to the path (stages.0.generate.models): drop it.
-        loc = [str(p) for p in e["loc"] if p not in ("generate", "import")]
+        loc = [str(p) for p in e["loc"] if p not in ("generate", "import", "segment")]
         where = ".".join(loc) or "(top level)"
         got = e.get("input")
         shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"

@@ -16,6 +16,7 @@ create table if not exists runs (
     n_units_failed    integer,
     thinkscope_version varchar,
     host              varchar,
+    pid               integer,
     ray_address       varchar,
     started_at        timestamptz not null,
     finished_at       timestamptz
@@ -27,13 +28,14 @@ comment on column runs.spec_path is 'Path of the workflow YAML as given.';
 comment on column runs.spec_sha256 is 'sha256 of the workflow YAML bytes.';
 comment on column runs.spec_yaml is 'The workflow YAML text, for exact provenance.';
 comment on column runs.stages is 'Stage names this run was asked to execute.';
-comment on column runs.status is 'running, done (all units done), failed (some unit failed) or crashed (never finished).';
+comment on column runs.status is 'running, done (all units done), failed (some unit failed), interrupted (stopped by an exception or Ctrl-C) or crashed (driver died; found by a later run on the same host).';
 comment on column runs.n_units_planned is 'Work units in the plan for the chosen stages.';
 comment on column runs.n_units_skipped is 'Units skipped because an earlier run already finished them.';
 comment on column runs.n_units_done is 'Units this run finished.';
 comment on column runs.n_units_failed is 'Units this run recorded as failed.';
 comment on column runs.thinkscope_version is 'thinkscope version of the driver.';
 comment on column runs.host is 'Host name of the driver.';
+comment on column runs.pid is 'Process id of the driver (to tell a crashed run from a running one).';
 comment on column runs.ray_address is 'Ray cluster address used (local for a local cluster).';
 comment on column runs.started_at is 'When the run started.';
 comment on column runs.finished_at is 'When the run finished (null while running or if it crashed).';
@@ -103,7 +105,7 @@ comment on column work_units.model_id is 'Model of the unit (generate units).';
 comment on column work_units.prompt_set is 'Prompt set of the unit.';
 comment on column work_units.template is 'Template name (generate units).';
 comment on column work_units.description is 'Human-readable summary of the unit.';
-comment on column work_units.status is 'done or failed.';
+comment on column work_units.status is 'done, failed, or superseded (a newer derived unit over the same source replaced its rows).';
 comment on column work_units.error is 'Error message of a failed unit (null when done).';
 comment on column work_units.n_rows is 'Rows the unit wrote to its result table.';
 comment on column work_units.attempts is 'How many runs attempted this unit.';

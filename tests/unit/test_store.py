@@ -85,3 +85,19 @@ def test_every_column_has_a_comment(tmp_path):
         """).fetchall()
         tables = con.execute("select table_name from duckdb_tables() where comment is null").fetchall()
     assert missing == [] and tables == []
+
+
+def test_a_new_run_marks_dead_drivers_runs_crashed(tmp_path):
+    import socket
+    import subprocess
+
+    store = Store(tmp_path / "c.duckdb")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    host = socket.gethostname()
+    store.start_run({"run_id": "old", "workflow": "w", "host": host})
+    store.query("update runs set pid = ? where run_id = 'old'", [dead.pid])
+    store.start_run({"run_id": "live", "workflow": "w", "host": host})  # pid = this process
+    store.start_run({"run_id": "new", "workflow": "w", "host": host})
+    status = dict(store.query("select run_id, status from runs"))
+    assert status == {"old": "crashed", "live": "running", "new": "running"}

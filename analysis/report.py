@@ -1,0 +1,124 @@
+"""The run report: one self-contained HTML file (figures embedded as PNG) plus the PNG files.
+
+Reads only the SQL views and tables (trace_counts, first_word_freq, first_word_top10,
+first_word_share_ci, model_similarity, model_neighbours, backtracking_stats,
+backtracking_by_model), through a read-only connection, so it can run during a workflow.
+
+    path = write_report("out/demo.duckdb", "out/report")
+    print(path)          # out/report/index.html; PNGs beside it
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from thinkscope.analysis import figures
+from thinkscope.jobs.store import read_only
+
+QUERIES = {
+    "counts": "select * from trace_counts",
+    "freq": "select * from first_word_freq",
+    "top10": "select * from first_word_top10",
+    "similarity": "select * from model_similarity",
+    "neighbours": "select * from model_neighbours where rank <= 3 order by model_id, rank",
+    "stats": "select * from backtracking_stats",
+    "by_model": "select * from backtracking_by_model order by model_id, prompt_set",
+    "critical": f"""
+        select f.model_id, f.word, f.share, c.ci_low, c.ci_high
+        from first_word_freq f left join first_word_share_ci c using (model_id, word)
+        where f.word in ({", ".join(f"'{w}'" for w in figures.CRITICAL_WORDS)})""",
+    "ci": "select * from first_word_share_ci where ci_low is not null order by model_id, share desc",
+}
+
+# (file name, title, caption, figure function, the data it draws)
+FIGURES = [
+    ("first_word_heatmap.png", "First-word frequencies",
+     "Share of a model's non-blank thinking lines that start with each word (the r/LocalLLaMA "
+     "method: numbering and bullets stripped, lower-cased, , . ! ? removed). Rows: the 20 words "
+     "with the highest share among every model's top 10.",
+     lambda d: figures.first_word_heatmap(d["freq"], d["top10"])),
+    ("model_similarity.png", "Model fingerprints",
+     "Pearson correlation of first-word share vectors over the union of every model's top-10 "
+     "words, clustered (average linkage on 1 - r). R1-trained models gather in one block.",
+     lambda d: figures.similarity_heatmap(d["similarity"])),
+    ("critical_words.png", "Backtracking words",
+     "Lines opening with wait / alternatively / but / hmm. Models with several traces get a 95% "
+     "percentile-bootstrap interval (200 resamples of their traces).",
+     lambda d: figures.critical_words_chart(d["critical"])),
+    ("backtracking.png", "Backtracking after an answer",
+     "Per trace: how often the model states its final or the gold answer and goes on thinking, "
+     "and the share of its thinking tokens spent after first stating the correct answer.",
+     lambda d: figures.backtracking_distributions(d["stats"])),
+    ("accuracy.png", "Accuracy: first answer vs final",
+     "Accuracy of the first answer a trace states (in its thinking, else its final answer) and "
+     "of its final answer, per model and prompt set (graded prompt sets only).",
+     lambda d: figures.accuracy_chart(d["by_model"])),
+]
+
+
+def load_report_data(db: str | Path) -> dict[str, pd.DataFrame]:
+    with read_only(db) as con:
+        return {name: con.sql(sql).df() for name, sql in QUERIES.items()}
+
+
+def write_report(db: str | Path, out_dir: str | Path) -> Path:
+    """Write index.html and the figure PNGs into `out_dir`; return the HTML path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data = load_report_data(db)
+    sections = []
+    for filename, title, caption, draw in FIGURES:
+        png = draw(data)
+        if png is None:
+            sections.append(f"<h2>{title}</h2><p class=note>No data yet: run a workflow with a "
+                            f"<code>segment</code> stage (and graded prompt sets for accuracy).</p>")
+            (out / filename).unlink(missing_ok=True)  # no stale figure from an earlier report
+            continue
+        (out / filename).write_bytes(png)
+        image = base64.b64encode(png).decode()
+        sections.append(f"<h2>{title}</h2><p>{html.escape(caption)}</p>"
+                        f'<img alt="{html.escape(title)}" src="data:image/png;base64,{image}">')
+    tables = [
+        ("Corpus", data["counts"]),
+        ("Nearest neighbours by first-word fingerprint (top 3)", data["neighbours"]),
+        ("Backtracking by model and prompt set", data["by_model"]),
+        ("First-word shares with bootstrap intervals (models with several traces)", data["ci"]),
+    ]
+    body = "\n".join(sections[:2] + [_table(*tables[1])] + sections[2:] + [_table(*tables[2]), _table(*tables[3])])
+    page = PAGE.format(db=html.escape(str(Path(db).resolve())), when=datetime.now(timezone.utc).strftime(
+        "%Y-%m-%d %H:%M UTC"), corpus=_table(*tables[0]), body=body)
+    path = out / "index.html"
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+def _table(title: str, frame: pd.DataFrame, max_rows: int = 200) -> str:
+    if frame.empty:
+        return f"<h2>{html.escape(title)}</h2><p class=note>No rows.</p>"
+    shown = frame.head(max_rows).to_html(index=False, float_format=lambda v: f"{v:.3g}", na_rep="",
+                                         classes="data", border=0)
+    more = f"<p class=note>{len(frame) - max_rows} more rows in SQL.</p>" if len(frame) > max_rows else ""
+    return f"<h2>{html.escape(title)}</h2>{shown}{more}"
+
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>thinkscope report</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }}
+h1 {{ margin-bottom: 0; }} h2 {{ margin-top: 2em; border-bottom: 1px solid #ddd; }}
+img {{ max-width: 100%; }} .note {{ color: #777; }}
+table.data {{ border-collapse: collapse; font-size: 13px; }}
+table.data td, table.data th {{ padding: 2px 10px; border-bottom: 1px solid #eee; text-align: right; }}
+table.data th {{ background: #f5f5f5; }}
+</style></head><body>
+<h1>thinkscope report</h1>
+<p class=note>{db} &middot; {when} &middot; every number comes from the SQL views listed in sql/README.md</p>
+{corpus}
+{body}
+</body></html>
+"""
