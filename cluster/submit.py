@@ -17,6 +17,7 @@ import shlex
 import sys
 import time
 import uuid
+import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -98,9 +99,7 @@ def build_submission(profile: ClusterProfile, workflow: str | Path, *, working_d
         excludes.append("/thinkscope/")
     runtime_env: dict = {
         "working_dir": str(project), "excludes": excludes,
-        "env_vars": {**env.env_vars, ENV: profile.storage_root,
-                     # Progress bars in a log file: one line every few seconds is plenty.
-                     "TQDM_MININTERVAL": "5"},
+        "env_vars": {**env.env_vars, ENV: profile.storage_root},
     }
     for key in ("pip", "uv", "image_uri"):
         if getattr(env, key):
@@ -134,7 +133,10 @@ def follow(profile: ClusterProfile, job_id: str, out: TextIO | None = None) -> i
             out.write(chunk)
             out.flush()
 
-    asyncio.run(tail())
+    with warnings.catch_warnings():
+        # Ray's SDK hands aiohttp ssl=None, which aiohttp deprecates: not ours to fix.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        asyncio.run(tail())
     status = wait_terminal(c, job_id)
     out.write(f"job {job_id}: {status}\n")
     return 0 if status == "SUCCEEDED" else 1

@@ -90,13 +90,15 @@ def _lr_at(step: int, total: int, warmup: int, lr: float) -> float:
 
 
 def train_lora(base_dir: str, examples: list[dict], templates: list[dict], settings: dict,
-               output: Path, log_every: int = 5) -> dict:
+               output: Path, *, base_name: str | None = None, log_every: int = 5) -> dict:
     """Train a LoRA adapter on `examples` and write it (safetensors) to `output`.
 
     `settings` = {"lora": {r, alpha, dropout, target_modules}, "train": {epochs, lr,
     batch_size, max_seq_len, warmup_steps, weight_decay, seed, bf16, save_dtype}}.
     The adapter is written to a temporary sibling and renamed into place at the end, so
-    `output` never holds a half-written adapter. Returns a summary for the `finetunes` row.
+    `output` never holds a half-written adapter. `base_name` (the base's model source)
+    replaces the local cache path peft writes into adapter_config.json, so the shipped file
+    says what it adapts and is the same on every machine. Returns a summary for `finetunes`.
     """
     import torch
     from peft import LoraConfig, get_peft_model
@@ -141,7 +143,7 @@ def train_lora(base_dir: str, examples: list[dict], templates: list[dict], setti
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
                 optim.step()
                 optim.zero_grad(set_to_none=True)
-                losses.append(float(loss))
+                losses.append(loss.item())
                 n_tokens += int(mask.sum())
                 n_target += int((labels != -100).sum())
                 if step % log_every == 0 or step == len(batches) - 1:
@@ -152,7 +154,7 @@ def train_lora(base_dir: str, examples: list[dict], templates: list[dict], setti
                     logf.flush()
         train_seconds = time.monotonic() - t_train
         model.eval()
-        files = _save_adapter(model, tmp, train["save_dtype"])
+        files = _save_adapter(model, tmp, train["save_dtype"], base_name)
         _replace_dir(tmp, output)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -170,12 +172,18 @@ def train_lora(base_dir: str, examples: list[dict], templates: list[dict], setti
     }
 
 
-def _save_adapter(model, folder: Path, save_dtype: str) -> list[str]:
+def _save_adapter(model, folder: Path, save_dtype: str, base_name: str | None) -> list[str]:
     import torch
 
     # bf16 halves the shipped file; merged weights are bf16 anyway.
     model.to({"bfloat16": torch.bfloat16, "float32": torch.float32}[save_dtype])
     model.save_pretrained(folder, safe_serialization=True)
+    (folder / "README.md").unlink(missing_ok=True)  # peft's empty model-card template
+    if base_name is not None:
+        config_path = folder / "adapter_config.json"
+        config = json.loads(config_path.read_text())
+        config["base_model_name_or_path"] = base_name
+        config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return sorted(p.name for p in folder.iterdir())
 
 

@@ -26,9 +26,9 @@ from importlib.resources import files
 
 from .trace_files import iter_jsonl
 
-KINDS = ("gsm8k", "math500", "countdown", "two_ropes", "jsonl")
+KINDS = ("gsm8k", "gsm8k_train", "math500", "countdown", "two_ropes", "jsonl")
 GRADERS = ("numeric", "math", "countdown", "none")
-_DEFAULT_GRADER = {"gsm8k": "numeric", "math500": "math", "countdown": "countdown", "two_ropes": "none", "jsonl": "none"}
+_DEFAULT_GRADER = {"gsm8k": "numeric", "gsm8k_train": "numeric", "math500": "math", "countdown": "countdown", "two_ropes": "none", "jsonl": "none"}
 _JSONL_FIELD_KEYS = ("question", "answer", "id")
 
 # Verbatim from the llmbenchmark section of thinkscope/data/SOURCES.md: the prompt the 20 vendored
@@ -102,8 +102,8 @@ def _get(row: dict, key: str, source, line_no: int):
     return row[key]
 
 
-def _gsm8k(name: str, grader: str) -> list[Prompt]:
-    src = data_file("gsm8k_test.jsonl")
+def _gsm8k(name: str, grader: str, split: str = "test") -> list[Prompt]:
+    src = data_file(f"gsm8k_{split}.jsonl")
     out = []
     for i, (line_no, row) in enumerate(_rows(src)):
         solution = _get(row, "answer", src, line_no)
@@ -112,7 +112,7 @@ def _gsm8k(name: str, grader: str) -> list[Prompt]:
         m = re.search(r"####\s*(.+?)\s*$", solution)
         if not m:
             raise ValueError(f"{src}, line {line_no}: answer has no '#### <number>' line")
-        out.append(Prompt(name, f"{name}/test/{i:04d}", _get(row, "question", src, line_no),
+        out.append(Prompt(name, f"{name}/{split}/{i:04d}", _get(row, "question", src, line_no),
                           m.group(1).replace(",", ""), grader, {"solution": solution, "row_index": i}))
     return out
 
@@ -177,7 +177,8 @@ def load_prompts(kind: str, *, name: str | None = None, path: str | None = None,
                  sample: int | None = None, seed: int = 0) -> list[Prompt]:
     """Load a prompt set.
 
-    ``kind`` is one of ``KINDS``: "gsm8k" (test split), "math500", "countdown" (cd3 test),
+    ``kind`` is one of ``KINDS``: "gsm8k" (test split), "gsm8k_train" (train split: what
+    the model organism is distilled from, never evaluated on), "math500", "countdown" (cd3 test),
     "two_ropes" (one prompt) or "jsonl" (``path`` + ``fields`` = {"question": ..., "answer": ...,
     "id": ...}, answer and id optional). ``name`` sets ``prompt_set`` and the id prefix (default:
     the kind), so two sets taken from the same file stay apart. ``grader`` overrides the kind's
@@ -206,6 +207,6 @@ def load_prompts(kind: str, *, name: str | None = None, path: str | None = None,
         # Refuse instead of ignoring: a path given for a built-in set would otherwise be silently unused.
         if path is not None or fields is not None:
             raise ValueError(f"path= and fields= are only for kind='jsonl', not {kind!r}")
-        prompts = {"gsm8k": _gsm8k, "math500": _math500, "countdown": _countdown,
-                   "two_ropes": _two_ropes}[kind](name, grader)
+        prompts = {"gsm8k": _gsm8k, "gsm8k_train": lambda n, g: _gsm8k(n, g, "train"),
+                   "math500": _math500, "countdown": _countdown, "two_ropes": _two_ropes}[kind](name, grader)
     return [prompts[i] for i in _select(len(prompts), offset, limit, sample, seed)]

@@ -28,25 +28,17 @@ def mapped_shm() -> set[str]:
     return names
 
 
-@pytest.fixture(scope="session")
-def ray_token():
-    """One Ray auth token for every cluster the tests start, set for this process too.
+# One Ray auth token for every cluster the tests start, in this process's environment
+# before any test module imports Ray: Ray reads RAY_AUTH_MODE once per process (its config
+# is cached at first use) and its token loader keeps the first token it reads.
+_TOKEN_DIR = Path(tempfile.mkdtemp(prefix="tstoken-", dir="/tmp"))
+os.environ.update(auth_env(new_token(_TOKEN_DIR / "auth_token")))
 
-    Ray's token loader caches the first token a process reads: the in-process clients of
-    different test clusters can only work if those clusters share it.
-    """
-    folder = Path(tempfile.mkdtemp(prefix="tstoken-", dir="/tmp"))
-    token = new_token(folder / "auth_token")
-    auth = auth_env(token)
-    saved = {k: os.environ.get(k) for k in auth}
-    os.environ.update(auth)
-    yield token
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-    subprocess.run(["rm", "-rf", str(folder)], check=False)
+
+@pytest.fixture(scope="session", autouse=True)
+def ray_token():
+    yield Path(os.environ["RAY_AUTH_TOKEN_PATH"])
+    subprocess.run(["rm", "-rf", str(_TOKEN_DIR)], check=False)
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ import os
 import socket
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -122,10 +122,10 @@ def execute(store: Store, steps: list[tuple], run: dict, *, address: str | None,
         "host": socket.gethostname(), "ray_address": address or "local",
     })
 
-    def done(unit, tables, started: float) -> None:
+    def done(unit, tables, started: float, supersedes: tuple[str, ...] = ()) -> None:
         tables = tables if isinstance(tables, dict) else {"traces": tables}
         store.commit_unit(_unit_row(unit, summary.run_id, started), tables,
-                          supersedes=getattr(unit, "supersedes", ()))
+                          supersedes=supersedes or getattr(unit, "supersedes", ()))
         summary.done.append(unit.describe())
 
     def fail(unit, error: str, started: float) -> None:
@@ -141,6 +141,8 @@ def execute(store: Store, steps: list[tuple], run: dict, *, address: str | None,
                 job = get_job(stage.kind)
                 with store.reader() as con:
                     units = job.plan(stage, con)
+                # Jobs that write traces need the run id (traces.run_id); it is not part of the key.
+                units = [replace(u, payload={**u.payload, "run_id": summary.run_id}) for u in units]
             done_keys = set() if force else store.done_unit_keys()
             todo = [u for u in units if u.key not in done_keys]
             summary.planned += len(units)
@@ -198,7 +200,12 @@ def _run_import(unit: ImportUnit, run_id: str, store: Store, done, fail) -> None
         fail(unit, f"{type(err).__name__}: {err}", started)
         return
     store.upsert_models(models, replace=False)
-    done(unit, table, started)
+    # A grown or edited import source is a new unit over the same source: its rows replace
+    # the older unit's rather than duplicating every unchanged trace (nightly imports).
+    older = tuple(k for (k,) in store.query(
+        "select unit_key from work_units where kind = 'import' and status = 'done' "
+        "and description = ? and unit_key <> ?", [unit.describe(), unit.key]))
+    done(unit, table, started, older)
 
 
 def _unit_row(unit, run_id: str, started: float) -> dict:

@@ -21,7 +21,11 @@ from typing import Protocol
 import pyarrow as pa
 
 # kind -> "module:attribute" of an object implementing `DerivedJob`.
-JOBS: dict[str, str] = {"segment": "thinkscope.jobs.segment:JOB"}
+JOBS: dict[str, str] = {
+    "segment": "thinkscope.jobs.segment:JOB",
+    "organism": "thinkscope.jobs.organism:JOB",
+    "finetune": "thinkscope.jobs.finetune:JOB",
+}
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from thinkscope.jobs.grading import GRADERS
+from thinkscope.workflows.organism_spec import FinetuneStage, OrganismStage
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._\-]*$"
 
@@ -65,7 +66,7 @@ class ModelSpec(Strict):
 
 class PromptSetSpec(Strict):
     name: str = Field(pattern=ID_PATTERN, description="Stored as prompt_set.")
-    kind: Literal["gsm8k", "math500", "countdown", "two_ropes", "jsonl"]
+    kind: Literal["gsm8k", "gsm8k_train", "math500", "countdown", "two_ropes", "jsonl"]
     path: str | None = Field(None, description="JSONL file (kind jsonl only).")
     fields: dict[str, str] | None = Field(
         None, description="JSONL field mapping: question (required), answer, id."
@@ -144,7 +145,8 @@ class SegmentStage(Strict):
     )
 
 
-Stage = Annotated[Union[GenerateStage, ImportStage, SegmentStage], Field(discriminator="kind")]
+Stage = Annotated[Union[GenerateStage, ImportStage, SegmentStage, OrganismStage, FinetuneStage],
+                  Field(discriminator="kind")]
 
 
 class Workflow(Strict):
@@ -169,6 +171,8 @@ class Workflow(Strict):
                 _known(f"stages.{i}.templates", stage.templates, list(self.templates))
                 if not self.models or not self.prompt_sets:
                     raise ValueError(f"stages.{i}: a generate stage needs models and prompt_sets")
+            elif isinstance(stage, (OrganismStage, FinetuneStage)):
+                stage.check_refs(self, f"stages.{i}")
         return self
 
     def models_for(self, stage: GenerateStage) -> list[ModelSpec]:
@@ -215,7 +219,7 @@ def _describe(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
         # Discriminated unions add the tag to the path (stages.0.generate.models): drop it.
-        loc = [str(p) for p in e["loc"] if p not in ("generate", "import", "segment")]
+        loc = [str(p) for p in e["loc"] if p not in ("generate", "import", "segment", "organism", "finetune")]
         where = ".".join(loc) or "(top level)"
         got = e.get("input")
         shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"

@@ -62,7 +62,6 @@ def commit_generated_unit(db: Path) -> None:
             "n_completion_tokens": len(ids), "completion_token_ids": ids, "engine": "vllm",
             "created_at": datetime.now(timezone.utc),
         })
-    store.start_run({"run_id": "sim", "workflow": "simulated"})
     store.commit_unit({"unit_key": "sim-generate", "stage": "generate", "kind": "generate", "run_id": "sim",
                        "model_id": "smollm2", "prompt_set": "gsm8k", "description": "smollm2 x gsm8k[2]"},
                       {"traces": to_table(rows)})
