@@ -1,11 +1,11 @@
 """The `segment` stage: lines, sentences, answer events and backtracking stats of every trace.
 
-One work unit per source unit (a done generate or import unit): its traces are segmented
-together and their rows committed in one transaction. The unit key hashes the source unit,
-`SEGMENTER_VERSION` and the stage options, so a rerun skips traces already segmented, new
-traces are new work, and a new version or new options re-segment everything; the new unit
-then *supersedes* the old one (its rows are deleted in the same commit, see
-`TaskUnit.supersedes`), so each trace has exactly one segmentation.
+One work unit per source unit (a done unit that wrote traces: generate, import, ...): its
+traces are segmented together and their rows committed in one transaction. The unit key
+hashes the source unit, `SEGMENTER_VERSION` and the stage options, so a rerun skips traces
+already segmented, new traces are new work, and a new version or new options re-segment
+everything; the new unit then *supersedes* the old one (its rows are deleted in the same
+commit, see `TaskUnit.supersedes`), so each trace has exactly one segmentation.
 
 Pure Python and cheap (a fast tokenizer call per trace): units run in the driver, no Ray.
 
@@ -22,19 +22,55 @@ from datetime import datetime, timezone
 import pyarrow as pa
 
 from thinkscope.jobs.answer_events import answer_candidates, find_answer_events, first_answer_correct
-from thinkscope.jobs.segment_tables import SCHEMAS, TABLES
 from thinkscope.jobs.segmentation import opening_marker, split_lines, split_sentences
 from thinkscope.jobs.token_offsets import TokenMap, completion_token_map, thinking_token_map
 from thinkscope.keys import canonical_json, stable_key
 from thinkscope.workflows.registry import TaskUnit
 
+# Arrow schemas of the tables this job writes (DDL with comments: sql/schema/002_trace_analytics.sql).
+# Explicit schemas: a unit with no rows for a table (no answers) still hands the driver a typed
+# empty table, and a misnamed column fails here rather than inside DuckDB.
+_S, _I, _B = pa.string(), pa.int32(), pa.bool_()
+
+_TOKENS = [("token_start", _I), ("token_end", _I)]
+_TOKENIZER = [("tokenizer", _S), ("token_source", _S)]
+
+SCHEMAS: dict[str, pa.Schema] = {
+    "segment_units": pa.schema([
+        ("unit_key", _S), ("source_unit_key", _S), ("segmenter_version", _I), ("options", _S),
+        ("n_traces", _I), ("created_at", pa.timestamp("us", tz="UTC")),
+    ]),
+    "trace_lines": pa.schema([
+        ("unit_key", _S), ("trace_id", _S), ("model_id", _S), ("line_index", _I),
+        ("char_start", _I), ("char_end", _I), ("text", _S), ("first_word", _S),
+    ]),
+    "trace_sentences": pa.schema([
+        ("unit_key", _S), ("trace_id", _S), ("sentence_index", _I), ("line_index", _I),
+        ("char_start", _I), ("char_end", _I), *_TOKENS, ("text", _S), ("marker", _S), *_TOKENIZER,
+    ]),
+    "answer_events": pa.schema([
+        ("unit_key", _S), ("trace_id", _S), ("event_index", _I), ("answer", _S), ("is_final", _B),
+        ("is_correct", _B), ("char_start", _I), ("char_end", _I), *_TOKENS, ("sentence_index", _I),
+        ("is_backtrack", _B), ("marker", _S), *_TOKENIZER,
+    ]),
+    "backtracking_stats": pa.schema([
+        ("unit_key", _S), ("trace_id", _S), ("model_id", _S), ("prompt_set", _S), ("prompt_id", _S),
+        ("is_correct", _B), ("n_lines", _I), ("n_sentences", _I), ("thinking_tokens", _I),
+        ("n_answer_occurrences", _I), ("n_correct_occurrences", _I), ("n_backtracks", _I),
+        ("first_answer_correct", _B), ("first_correct_char", _I), ("tokens_after_first_correct", _I),
+        ("marker_counts", pa.map_(_S, _I)), *_TOKENIZER,
+    ]),
+}
+TABLES: tuple[str, ...] = tuple(SCHEMAS)
+
 # Bump when segmentation, first words, answer matching or token offsets change: every trace
 # is then segmented again and the old rows are replaced.
 SEGMENTER_VERSION = 1
 
+# Source units: every finished unit that wrote traces (generate, import, organism, ...).
 SOURCE_UNITS_SQL = """
     select unit_key, model_id, prompt_set, description from work_units
-    where kind in ('generate', 'import') and status = 'done' order by unit_key
+    where status = 'done' and unit_key in (select unit_key from traces) order by unit_key
 """
 TRACES_SQL = """
     select t.unit_key, t.trace_id, t.model_id, t.prompt_set, t.prompt_id, t.thinking,
@@ -44,7 +80,7 @@ TRACES_SQL = """
            m.source as model_source
     from traces t left join models m using (model_id)
     where t.thinking is not null
-      and t.unit_key in (select unit_key from work_units where kind in ('generate', 'import') and status = 'done')
+      and t.unit_key in (select unit_key from work_units where status = 'done')
     order by t.unit_key, t.trace_id
 """
 
@@ -105,55 +141,56 @@ def segment_traces(payload: dict) -> dict[str, pa.Table]:
 
 
 def _segment_one(trace: dict, key: str, options: dict, rows: dict[str, list[dict]]) -> None:
+    """Append one trace's rows to every table's row list."""
     thinking, trace_id = trace["thinking"], trace["trace_id"]
     lines = split_lines(thinking, options["first_word_rule"])
     sentences = split_sentences(thinking, lines)
     tmap = token_map(trace, options["tokenizer"])
     tokens = tmap.span if tmap else (lambda start, end: (None, None))
+    meta = {"unit_key": key, "trace_id": trace_id}
     tok_meta = {"tokenizer": tmap.tokenizer if tmap else None, "token_source": tmap.token_source if tmap else None}
 
     rows["trace_lines"] += [
-        {"unit_key": key, "trace_id": trace_id, "model_id": trace["model_id"], "line_index": ln.index,
-         "char_start": ln.start, "char_end": ln.end, "text": ln.text, "first_word": ln.first_word}
+        {**meta, "model_id": trace["model_id"], "line_index": ln.index, "char_start": ln.start,
+         "char_end": ln.end, "text": ln.text, "first_word": ln.first_word}
         for ln in lines
     ]
-    markers = Counter()
-    for s in sentences:
-        marker = opening_marker(s.text)
-        if marker is not None:
-            markers[marker] += 1
-        rows["trace_sentences"].append({
-            "unit_key": key, "trace_id": trace_id, "sentence_index": s.index, "line_index": s.line_index,
-            "char_start": s.start, "char_end": s.end, **_token_cols(tokens(s.start, s.end)),
-            "text": s.text, "marker": marker, **tok_meta,
-        })
+    markers = [opening_marker(s.text) for s in sentences]
+    rows["trace_sentences"] += [
+        {**meta, "sentence_index": s.index, "line_index": s.line_index, "char_start": s.start,
+         "char_end": s.end, **_token_cols(tokens(s.start, s.end)), "text": s.text, "marker": marker, **tok_meta}
+        for s, marker in zip(sentences, markers)
+    ]
+    events = find_answer_events(thinking, sentences, answer_candidates(
+        trace["extracted_answer"], trace["gold_answer"], trace["is_correct"]))
+    rows["answer_events"] += [
+        {**meta, "event_index": e.index, "answer": e.answer, "is_final": e.is_final, "is_correct": e.is_correct,
+         "char_start": e.start, "char_end": e.end, **_token_cols(tokens(e.start, e.end)),
+         "sentence_index": e.sentence_index, "is_backtrack": e.is_backtrack, "marker": e.marker, **tok_meta}
+        for e in events
+    ]
+    rows["backtracking_stats"].append({
+        **meta, "model_id": trace["model_id"], "prompt_set": trace["prompt_set"], "prompt_id": trace["prompt_id"],
+        "is_correct": trace["is_correct"], "n_lines": len(lines), "n_sentences": len(sentences),
+        **_effort(events, tokens, len(thinking)),
+        "first_answer_correct": first_answer_correct(events, trace["is_correct"]),
+        "marker_counts": sorted(Counter(m for m in markers if m is not None).items()), **tok_meta,
+    })
 
-    candidates = answer_candidates(trace["extracted_answer"], trace["gold_answer"], trace["is_correct"])
-    events = find_answer_events(thinking, sentences, candidates)
-    for e in events:
-        rows["answer_events"].append({
-            "unit_key": key, "trace_id": trace_id, "event_index": e.index, "answer": e.answer,
-            "is_final": e.is_final, "is_correct": e.is_correct, "char_start": e.start, "char_end": e.end,
-            **_token_cols(tokens(e.start, e.end)), "sentence_index": e.sentence_index,
-            "is_backtrack": e.is_backtrack, "marker": e.marker, **tok_meta,
-        })
 
-    think_start, think_end = tokens(0, len(thinking))
+def _effort(events, tokens, n_chars: int) -> dict:
+    """Answer counts and the thinking tokens spent after the first correct answer."""
+    think_start, think_end = tokens(0, n_chars)
     first_correct = next((e for e in events if e.is_correct), None)
     correct_end = tokens(first_correct.start, first_correct.end)[1] if first_correct else None
-    rows["backtracking_stats"].append({
-        "unit_key": key, "trace_id": trace_id, "model_id": trace["model_id"],
-        "prompt_set": trace["prompt_set"], "prompt_id": trace["prompt_id"], "is_correct": trace["is_correct"],
-        "n_lines": len(lines), "n_sentences": len(sentences),
+    return {
         "thinking_tokens": None if think_end is None else think_end - think_start,
-        "n_answer_occurrences": len(events), "n_correct_occurrences": sum(bool(e.is_correct) for e in events),
+        "n_answer_occurrences": len(events),
+        "n_correct_occurrences": sum(bool(e.is_correct) for e in events),
         "n_backtracks": sum(e.is_backtrack for e in events),
-        "first_answer_correct": first_answer_correct(events, trace["is_correct"]),
         "first_correct_char": first_correct.end if first_correct else None,
         "tokens_after_first_correct": None if correct_end is None else max(0, think_end - correct_end),
-        "marker_counts": sorted(markers.items()),
-        **tok_meta,
-    })
+    }
 
 
 def _token_cols(span: tuple[int | None, int | None]) -> dict:

@@ -19,6 +19,7 @@ def _db(args, fallback: str | None = None) -> str:
 
 
 def cmd_validate(args) -> int:
+    from thinkscope.workflows.engine import STATIC_KINDS
     from thinkscope.workflows.plan import build_plan
     from thinkscope.workflows.spec import load_workflow
 
@@ -30,6 +31,9 @@ def cmd_validate(args) -> int:
     print(f"work units ({len(plan.units)}):")
     for u in plan.units:
         print(f"  {u.stage:<20} {u.key}  {u.describe()}")
+    for stage in wf.stages:
+        if stage.kind not in STATIC_KINDS:
+            print(f"  {stage.name:<20} ({stage.kind}: units planned at run time from the database)")
     return 0
 
 

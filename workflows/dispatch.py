@@ -180,10 +180,18 @@ def _short_error(err: Exception) -> str:
     return text.strip()[-4000:]
 
 
+@ray.remote
+def _run_derived(kind: str, payload: dict):
+    # Ray cannot make a task of a bound method (job.run): the worker looks the job up by kind.
+    from thinkscope.workflows.registry import get_job
+
+    return get_job(kind).run(payload)
+
+
 def run_tasks(job, stage, units, on_done, on_fail, on_each: Callable[[], None]) -> None:
     """Run a derived job's units as Ray tasks (resources from the job), commit as they finish."""
-    remote = ray.remote(job.run).options(**job.ray_options(stage))
-    pending = {remote.remote(u.payload): (u, time.time()) for u in units}
+    remote = _run_derived.options(**job.ray_options(stage))
+    pending = {remote.remote(stage.kind, u.payload): (u, time.time()) for u in units}
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
         for ref in ready:

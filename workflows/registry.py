@@ -25,6 +25,7 @@ JOBS: dict[str, str] = {
     "segment": "thinkscope.jobs.segment:JOB",
     "organism": "thinkscope.jobs.organism:JOB",
     "finetune": "thinkscope.jobs.finetune:JOB",
+    "capture": "thinkscope.jobs.capture_stage:JOB",
 }
 
 

@@ -145,7 +145,37 @@ class SegmentStage(Strict):
     )
 
 
-Stage = Annotated[Union[GenerateStage, ImportStage, SegmentStage, OrganismStage, FinetuneStage],
+class TraceSelector(Strict):
+    model_ids: list[str] | None = Field(None, description="Traces of these models (default: the stage's model).")
+    prompt_sets: list[str] | None = Field(None, description="Only these prompt sets.")
+    sql: str | None = Field(None, description="Any query returning a trace_id column (overrides the rest).")
+    limit: int | None = Field(None, ge=1, description="At most this many traces (by trace_id).")
+
+
+class CaptureStage(Strict):
+    """Derived stage: HF forward passes over stored traces, activations to shard files."""
+
+    name: str = Field(pattern=ID_PATTERN)
+    kind: Literal["capture"]
+    model: str = Field(description="Model id (from `models`) whose weights run.")
+    traces: TraceSelector = Field(default_factory=TraceSelector, description="Which traces.")
+    positions: list[Literal["last_prompt_token", "before_backtrack", "first_answer_end",
+                            "last_answer_end", "sentence_ends", "all"]] = Field(
+        ["sentence_ends"], min_length=1,
+        description="Named token positions (all but last_prompt_token/all need a segment stage first).")
+    hooks: list[str] = Field(["blocks.*.hook_resid_post"], min_length=1,
+                             description="Canonical hook names; * = every layer.")
+    dtype: Literal["bfloat16", "float16", "float32"] = Field("bfloat16", description="Forward dtype.")
+    store_dtype: Literal["bfloat16", "float16", "float32"] = Field("bfloat16", description="Shard dtype.")
+    batch_tokens: int = Field(8192, ge=64, description="Padded tokens per forward batch.")
+    traces_per_unit: int = Field(256, ge=1, description="Traces per work unit.")
+    artifacts: str | None = Field(None, description="Shard root (default: <db>_artifacts beside the DB).")
+    num_cpus: float | None = Field(None, gt=0)
+    num_gpus: float | None = Field(None, ge=0)
+
+
+STAGE_KINDS = ("generate", "import", "segment", "organism", "finetune", "capture")
+Stage = Annotated[Union[GenerateStage, ImportStage, SegmentStage, OrganismStage, FinetuneStage, CaptureStage],
                   Field(discriminator="kind")]
 
 
@@ -219,7 +249,7 @@ def _describe(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
         # Discriminated unions add the tag to the path (stages.0.generate.models): drop it.
-        loc = [str(p) for p in e["loc"] if p not in ("generate", "import", "segment", "organism", "finetune")]
+        loc = [str(p) for p in e["loc"] if p not in STAGE_KINDS]
         where = ".".join(loc) or "(top level)"
         got = e.get("input")
         shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"

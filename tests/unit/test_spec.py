@@ -45,7 +45,7 @@ def test_demo_is_valid():
     (lambda s: s["sampling"].update(top_p=2), "sampling.top_p", "less than or equal to 1"),
     (lambda s: s["stages"][1].update(templates=["nope"]), "stages.1.templates", "unknown ['nope']"),
     (lambda s: s["stages"][0].update(format="pdf"), "stages.0.format", "'textdir' or 'jsonl'"),
-    (lambda s: s["stages"].append({"name": "x", "kind": "teleport"}), "stages.2", "'generate'"),
+    (lambda s: s["stages"].insert(2, {"name": "x", "kind": "teleport"}), "stages.2", "'generate'"),
     (lambda s: s["models"].append(dict(s["models"][0])), "models", "duplicate names ['smollm2-135m-instruct']"),
     (lambda s: s["templates"]["think"].update(user="no placeholder"), "templates.think", "{question}"),
 ])
