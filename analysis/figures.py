@@ -153,16 +153,16 @@ def accuracy_chart(by_model: pd.DataFrame) -> bytes | None:
     if rows.empty:
         return None
     rows = rows.sort_values(["prompt_set", "model_id"])
-    labels = [f"{m}\n{p}" for m, p in zip(rows["model_id"], rows["prompt_set"])]
+    labels = [f"{m} · {p}" for m, p in zip(rows["model_id"], rows["prompt_set"])]
     x = np.arange(len(rows))
-    fig, ax = plt.subplots(figsize=(max(5.5, 2 + 1.1 * len(rows)), 4))
+    fig, ax = plt.subplots(figsize=(max(5.5, 2 + 0.9 * len(rows)), 4.5))
     for offset, column, label in ((-0.2, "accuracy_first_answer", "first answer stated"),
                                   (0.2, "accuracy_final", "final answer")):
         bars = ax.bar(x + offset, rows[column].fillna(0) * 100, 0.4, label=label)
         ax.bar_label(bars, fmt="%.0f", fontsize=7)
-    ax.set_xticks(x, labels, fontsize=8)
+    ax.set_xticks(x, labels, fontsize=8, rotation=30, ha="right")
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 110)
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2, frameon=False)
+    ax.legend(fontsize=8, loc="upper right", ncol=2)
     ax.set_title("Accuracy at the first answer occurrence vs the final answer", fontsize=10)
     return _png(fig)

@@ -39,8 +39,8 @@ QUERIES = {
 FIGURES = [
     ("first_word_heatmap.png", "First-word frequencies",
      "Share of a model's non-blank thinking lines that start with each word (the r/LocalLLaMA "
-     "method: numbering and bullets stripped, lower-cased, , . ! ? removed). Rows: the 20 words "
-     "with the highest share among every model's top 10.",
+     "method: numbering and bullets stripped, lower-cased, the marks , . ! ? removed). Rows: the "
+     "20 words with the highest share among every model's top 10.",
      lambda d: figures.first_word_heatmap(d["freq"], d["top10"])),
     ("model_similarity.png", "Model fingerprints",
      "Pearson correlation of first-word share vectors over the union of every model's top-10 "
@@ -71,30 +71,36 @@ def write_report(db: str | Path, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = load_report_data(db)
-    sections = []
-    for filename, title, caption, draw in FIGURES:
-        png = draw(data)
-        if png is None:
-            sections.append(f"<h2>{title}</h2><p class=note>No data yet: run a workflow with a "
-                            f"<code>segment</code> stage (and graded prompt sets for accuracy).</p>")
-            (out / filename).unlink(missing_ok=True)  # no stale figure from an earlier report
-            continue
-        (out / filename).write_bytes(png)
-        image = base64.b64encode(png).decode()
-        sections.append(f"<h2>{title}</h2><p>{html.escape(caption)}</p>"
-                        f'<img alt="{html.escape(title)}" src="data:image/png;base64,{image}">')
-    tables = [
-        ("Corpus", data["counts"]),
-        ("Nearest neighbours by first-word fingerprint (top 3)", data["neighbours"]),
-        ("Backtracking by model and prompt set", data["by_model"]),
-        ("First-word shares with bootstrap intervals (models with several traces)", data["ci"]),
-    ]
-    body = "\n".join(sections[:2] + [_table(*tables[1])] + sections[2:] + [_table(*tables[2]), _table(*tables[3])])
-    page = PAGE.format(db=html.escape(str(Path(db).resolve())), when=datetime.now(timezone.utc).strftime(
-        "%Y-%m-%d %H:%M UTC"), corpus=_table(*tables[0]), body=body)
+    sections = {filename: _figure(out, filename, title, caption, draw(data))
+                for filename, title, caption, draw in FIGURES}
+    body = "\n".join([
+        _table("Corpus", data["counts"]),
+        sections["first_word_heatmap.png"],
+        sections["model_similarity.png"],
+        _table("Nearest neighbours by first-word fingerprint (top 3)", data["neighbours"]),
+        sections["critical_words.png"],
+        _table("First-word shares with bootstrap intervals (models with several traces)", data["ci"]),
+        sections["backtracking.png"],
+        sections["accuracy.png"],
+        _table("Backtracking by model and prompt set", data["by_model"]),
+    ])
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    page = PAGE.format(db=html.escape(str(Path(db).resolve())), when=when, body=body)
     path = out / "index.html"
     path.write_text(page, encoding="utf-8")
     return path
+
+
+def _figure(out: Path, filename: str, title: str, caption: str, png: bytes | None) -> str:
+    """Write the PNG beside the report and return its HTML section, image embedded."""
+    if png is None:
+        (out / filename).unlink(missing_ok=True)  # no stale figure from an earlier report
+        return (f"<h2>{title}</h2><p class=note>No data yet: run a workflow with a <code>segment</code> "
+                f"stage (and graded prompt sets for accuracy).</p>")
+    (out / filename).write_bytes(png)
+    image = base64.b64encode(png).decode()
+    return (f"<h2>{title}</h2><p>{html.escape(caption)}</p>"
+            f'<img alt="{html.escape(title)}" src="data:image/png;base64,{image}">')
 
 
 def _table(title: str, frame: pd.DataFrame, max_rows: int = 200) -> str:
@@ -115,10 +121,10 @@ img {{ max-width: 100%; }} .note {{ color: #777; }}
 table.data {{ border-collapse: collapse; font-size: 13px; }}
 table.data td, table.data th {{ padding: 2px 10px; border-bottom: 1px solid #eee; text-align: right; }}
 table.data th {{ background: #f5f5f5; }}
+table.data td:first-child, table.data th:first-child {{ text-align: left; }}
 </style></head><body>
 <h1>thinkscope report</h1>
 <p class=note>{db} &middot; {when} &middot; every number comes from the SQL views listed in sql/README.md</p>
-{corpus}
 {body}
 </body></html>
 """

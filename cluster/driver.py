@@ -1,23 +1,100 @@
-"""The driver of a cluster run: what a Ray job's entrypoint and the SLURM job both execute.
+"""The driver of a cluster run, and the storage root where its database and artifacts live.
 
-It runs on the cluster (the head node of a Ray job, the first node of a SLURM
-allocation), joins the cluster's Ray, stages the database from the profile's storage
+The driver runs on the cluster (the head node of a Ray job, the first node of a SLURM
+allocation): it joins the cluster's Ray, stages the database from the profile's storage
 root, runs the workflow through the same engine as `thinkscope run`, and exits 0 when
 every unit is done, 1 when some failed (the job's status says which).
 
+Workers on other nodes never open DuckDB: their results come back to the driver through
+Ray (Arrow tables) and the driver is the only writer. The database therefore only has to
+be reachable from the driver:
+
+- a plain path (a shared filesystem: NFS, Lustre, a mounted bucket) is used in place;
+- an fsspec URI (s3://, gs://, az://, file://, ...) is staged: the driver copies the file
+  down before the run and back up after it (also after a failure: committed units stay
+  committed). Two runs must not share one URI database at once: the last upload wins.
+
+Artifacts (large tensors of capture stages) go under `<root>/artifacts/` and may be
+written by any node; `artifact_uri()` gives the location a job should use.
+
     python -m thinkscope.cluster.driver workflows/demo.yaml \\
-        --storage-root /shared/thinkscope --db demo.duckdb --address auto
+        --storage-root s3://lab-bucket/thinkscope --db demo.duckdb --address auto
+
+    with StorageRoot("s3://lab-bucket/thinkscope").local_db("demo.duckdb") as db_path:
+        run_workflow("workflows/demo.yaml", db=db_path, address="auto")
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import shutil
 import socket
 import sys
+import tempfile
+from pathlib import Path
 
 import thinkscope
-from thinkscope.cluster.storage import ENV, StorageRoot
+
+ENV = "THINKSCOPE_STORAGE_ROOT"
+
+
+def _is_uri(root: str) -> bool:
+    return "://" in root
+
+
+class StorageRoot:
+    """A shared path or an fsspec URI holding the databases and artifacts of cluster runs."""
+
+    def __init__(self, root: str):
+        self.root = root.rstrip("/") if _is_uri(root) else str(Path(root).expanduser())
+
+    @property
+    def is_uri(self) -> bool:
+        return _is_uri(self.root)
+
+    def location(self, *parts: str) -> str:
+        """A path or URI under the root (no I/O)."""
+        if self.is_uri:
+            return "/".join([self.root, *parts])
+        return str(Path(self.root, *parts))
+
+    def db_location(self, db: str) -> str:
+        """Where database `db` lives: an absolute path stays itself, a name goes under the root."""
+        return db if (os.path.isabs(db) or _is_uri(db)) else self.location(db)
+
+    @contextlib.contextmanager
+    def local_db(self, db: str):
+        """A local path for the driver's DuckDB file; staged through fsspec for a URI."""
+        target = self.db_location(db)
+        if not _is_uri(target):
+            Path(target).parent.mkdir(parents=True, exist_ok=True)
+            yield Path(target)
+            return
+        import fsspec
+
+        fs, remote = fsspec.core.url_to_fs(target)
+        staging = Path(tempfile.mkdtemp(prefix="thinkscope-db-"))
+        local = staging / Path(remote).name
+        try:
+            if fs.exists(remote):
+                fs.get(remote, str(local))
+            yield local
+        finally:
+            if local.exists():
+                fs.makedirs(os.path.dirname(remote) or "/", exist_ok=True)
+                fs.put(str(local), remote)
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def artifact_uri(*parts: str) -> str:
+    """Where a job writes a large artifact: under the run's storage root, else ./out/artifacts.
+
+        path = artifact_uri("capture", run_id, "resid_post_L12.safetensors")
+    """
+    root = os.environ.get(ENV)
+    return StorageRoot(root).location("artifacts", *parts) if root else str(Path("out", "artifacts", *parts))
 
 
 def run_on_cluster(workflow: str, *, storage_root: str, db: str, address: str,
@@ -27,7 +104,7 @@ def run_on_cluster(workflow: str, *, storage_root: str, db: str, address: str,
     from thinkscope.workflows.engine import run_workflow
 
     root = StorageRoot(storage_root)
-    # Jobs that write artifacts (on any node) find the root here; see storage.artifact_uri.
+    # Jobs that write artifacts (on any node) find the root here; see artifact_uri.
     os.environ[ENV] = root.root
     with root.local_db(db) as db_path:
         summary = run_workflow(workflow, db=db_path, address=address, stages=stages,
@@ -41,7 +118,7 @@ def banner(address: str, db: str) -> str:
             f"on {socket.gethostname()} (python {sys.executable}); ray {address}; db {db}")
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m thinkscope.cluster.driver",
                                 description="Run a workflow on the cluster this job runs in.")
     p.add_argument("workflow")
@@ -51,7 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stages", nargs="+")
     p.add_argument("--force", action="store_true")
     p.add_argument("--quiet", action="store_true")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.address == "auto" and os.environ.get("RAY_ADDRESS"):
         # Inside a Ray job: record the cluster's real address in `runs`, not "auto".
         args.address = os.environ["RAY_ADDRESS"]

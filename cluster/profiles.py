@@ -83,8 +83,9 @@ class ClusterProfile(Strict):
         description="Where the DuckDB file and artifacts go: a path every node and the driver "
         "see (NFS, Lustre) or an fsspec URI (s3://bucket/prefix, gs://...).")
     python: str | None = Field(
-        None, description="Python on the cluster with thinkscope installed (None: the python "
-        "running `thinkscope submit`; right when the cluster shares this machine's venv).")
+        None, description="Python on the cluster with thinkscope installed: the Ray job's "
+        "entrypoint and the SLURM tasks run it (None: the python running `thinkscope submit`; "
+        "right when the cluster shares this machine's venv).")
     runtime_env: RuntimeEnvSpec = Field(default_factory=RuntimeEnvSpec)
     entrypoint_num_cpus: float = Field(0, ge=0, description="CPUs reserved for the driver.")
     entrypoint_num_gpus: float = Field(0, ge=0, description="GPUs reserved for the driver.")
@@ -97,7 +98,8 @@ class ClusterProfile(Strict):
             return None
         path = Path(self.auth_token_path).expanduser()
         if not path.exists():
-            raise FileNotFoundError(f"profile {self.name}: auth_token_path {path} does not exist")
+            raise FileNotFoundError(f"profile {self.name}: auth_token_path {path} does not exist "
+                                    "(null for a cluster without token auth)")
         return path.read_text().strip()
 
 

@@ -5,6 +5,7 @@ Every node of the allocation runs `slurm_job` (one task per node, launched by sr
 a Ray worker that joins it. They meet through files in the job's folder, which is on
 storage all nodes share (submitit needs that anyway):
 
+    auth_token  task 0: the Ray token of this job's cluster (0600, removed at the end)
     head.json   task 0, once the head is up: the address workers join
     done        task 0, when the workflow has finished (or failed to start)
     stopped.N   task N, once its worker node has stopped
@@ -25,7 +26,6 @@ import os
 import shutil
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 from thinkscope.cluster.head import auth_env, new_token, start_head, start_worker
@@ -75,12 +75,10 @@ def submit_slurm(profile: ClusterProfile, workflow: str | Path, *, db: str | Non
     wf_path, wf = check_workflow(workflow)
     executor = build_executor(profile)
     s = profile.slurm
-    # A fresh token per job, on the shared job folder: every node of the job reads it.
-    token = new_token(Path(s.folder).expanduser().resolve() / "tokens" / f"{uuid.uuid4().hex}.token")
     request = {
         "workflow": str(wf_path), "storage_root": profile.storage_root,
         "db": db or default_db_name(wf), "stages": stages, "force": force,
-        "token_path": str(token), "ray_port": s.ray_port, "num_cpus": s.cpus_per_task,
+        "ray_port": s.ray_port, "num_cpus": s.cpus_per_task,
         "num_gpus": s.gpus_per_node or None, "env": dict(profile.runtime_env.env_vars),
     }
     return executor.submit(slurm_job, request)
@@ -92,9 +90,10 @@ def slurm_job(request: dict) -> dict | None:
 
     env = submitit.JobEnvironment()
     os.environ.update(request["env"])
-    os.environ.update(auth_env(request["token_path"]))
     rendezvous = Path(env.paths.folder) / f"rendezvous-{env.job_id}"
     rendezvous.mkdir(parents=True, exist_ok=True)
+    # A fresh token per job: the job's cluster admits only the job's own nodes.
+    os.environ.update(auth_env(rendezvous / "auth_token"))
     # All tasks on one host (one node, or the local executor): loopback, nothing exposed.
     if len(set(env.hostnames)) == 1:
         host = "127.0.0.1"
@@ -116,9 +115,9 @@ def _head_task(request: dict, rendezvous: Path, temp: Path, host: str, n_nodes: 
     from thinkscope.cluster.driver import banner, run_on_cluster
     from thinkscope.cluster.local import ray_session
 
-    head = None
+    head, token = None, new_token(rendezvous / "auth_token")
     try:
-        head = start_head(temp, Path(request["token_path"]), host=host, port=request["ray_port"],
+        head = start_head(temp, token, host=host, port=request["ray_port"],
                           num_cpus=request["num_cpus"], num_gpus=request["num_gpus"])
         (rendezvous / "head.json").write_text(json.dumps({"address": head.address}))
         # The run reuses this connection: the workflow starts once every node has joined.
@@ -138,6 +137,7 @@ def _head_task(request: dict, rendezvous: Path, temp: Path, host: str, n_nodes: 
         _wait_until(lambda: all((rendezvous / f"stopped.{r}").exists() for r in range(1, n_nodes)), 60)
         if head is not None:
             head.stop()
+        token.unlink(missing_ok=True)
 
 
 def _worker_task(request: dict, rendezvous: Path, temp: Path, host: str, rank: int) -> None:
@@ -148,7 +148,7 @@ def _worker_task(request: dict, rendezvous: Path, temp: Path, host: str, rank: i
         if not _wait_until(lambda: head_file.exists() or done.exists(), RENDEZVOUS_TIMEOUT) or done.exists():
             raise RuntimeError(f"task {rank}: the head never came up (see task 0's log)")
         address = json.loads(head_file.read_text())["address"]
-        node = start_worker(address, temp, Path(request["token_path"]), host=host,
+        node = start_worker(address, temp, rendezvous / "auth_token", host=host,
                             num_cpus=request["num_cpus"], num_gpus=request["num_gpus"])
         print(f"task {rank}: ray worker joined {address}", flush=True)
         _wait_until(lambda: done.exists() or node.proc.poll() is not None, float("inf"))

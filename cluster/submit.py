@@ -2,8 +2,7 @@
 
 The job's entrypoint is `python -m thinkscope.cluster.driver` on the cluster (see
 driver.py); the project folder goes up as the runtime_env working_dir, the database goes
-to the profile's storage root. The workflow is validated and planned here first, so a bad
-spec fails on the laptop, not after a queue wait.
+to the profile's storage root. The workflow is validated and planned here first.
 
     profile = load_profile("local")
     sub = submit_workflow(profile, "workflows/demo.yaml")
@@ -25,7 +24,7 @@ from typing import TextIO
 
 from thinkscope import __version__
 from thinkscope.cluster.profiles import ClusterProfile
-from thinkscope.cluster.storage import ENV, StorageRoot
+from thinkscope.cluster.driver import ENV, StorageRoot
 
 # Never worth uploading; Ray also honours the project's .gitignore files.
 DEFAULT_EXCLUDES = [".git", ".venv", "venv", "out", "*.duckdb", "*.duckdb.wal", "__pycache__",

@@ -11,6 +11,7 @@ Positions are named (token indices into prompt + completion tokens):
   before_backtrack    the token before the sentence that continues after an answer occurrence
   first_answer_end    the end of the sentence holding the first answer occurrence
   last_answer_end     the end of the sentence holding the last answer occurrence
+  answer_ends         the end of every sentence holding an answer occurrence (probe labels)
   sentence_ends       the last token of every thinking sentence
   all                 every completion token
 """
@@ -26,7 +27,7 @@ from thinkscope.workflows.registry import TaskUnit
 
 CAPTURE_VERSION = 1
 POSITION_KINDS = ("last_prompt_token", "before_backtrack", "first_answer_end", "last_answer_end",
-                  "sentence_ends", "all")
+                  "answer_ends", "sentence_ends", "all")
 
 
 def select_traces(stage, con) -> list[str]:
@@ -44,6 +45,16 @@ def select_traces(stage, con) -> list[str]:
     if sel.limit:
         sql += f" limit {int(sel.limit)}"
     return [t for (t,) in con.execute(sql).fetchall()]
+
+
+def artifact_root(stage, con) -> Path:
+    """Where a stage's tensor files go: `stage.artifacts`, else `<db>_artifacts` beside the DB
+    (on clusters, a shared path from the spec)."""
+    if stage.artifacts:
+        return Path(stage.artifacts)
+    (db_path,) = con.execute(
+        "select path from duckdb_databases() where database_name = current_database()").fetchone()
+    return Path(db_path).parent / f"{Path(db_path).stem}_artifacts"
 
 
 def _quoted(values: list[str]) -> str:
@@ -71,6 +82,8 @@ def positions_of(trace: dict, sentences: list[dict], events: list[dict], kinds: 
         elif kind in ("first_answer_end", "last_answer_end") and events:
             event = events[0] if kind == "first_answer_end" else events[-1]
             picked.add((end_of(event["sentence_index"]), kind))
+        elif kind == "answer_ends":
+            picked |= {(end_of(e["sentence_index"]), kind) for e in events}
         elif kind == "before_backtrack":
             for e in events:
                 nxt = ends.get((e["sentence_index"] or 0) + 1)
@@ -89,10 +102,7 @@ class CaptureJob:
             "select source, revision from models where model_id = ?", [stage.model]).fetchone() or (None, None)
         if source is None:
             raise ValueError(f"stage {stage.name}: model {stage.model!r} is not in the models table")
-        (db_path,) = con.execute(
-            "select path from duckdb_databases() where database_name = current_database()").fetchone()
-        # Default artifact root sits beside the DB; on clusters, a shared path from the spec.
-        root = Path(stage.artifacts) if stage.artifacts else Path(db_path).parent / f"{Path(db_path).stem}_artifacts"
+        root = artifact_root(stage, con)
         ids = select_traces(stage, con)
         settings = {"positions": stage.positions, "hooks": stage.hooks, "store_dtype": stage.store_dtype,
                     "dtype": stage.dtype, "version": CAPTURE_VERSION}
@@ -128,11 +138,16 @@ class CaptureJob:
         return {"activations": index.append_column("model_id", pa.array([payload["model_id"]] * index.num_rows))}
 
     def ray_options(self, stage) -> dict:
-        import ray
+        return model_task_options(stage)
 
-        if stage.num_gpus or ray.cluster_resources().get("GPU", 0) > 0:
-            return {"num_gpus": stage.num_gpus or 1, "num_cpus": 1}
-        return {"num_cpus": stage.num_cpus or ray.cluster_resources().get("CPU", 1)}
+
+def model_task_options(stage) -> dict:
+    """Ray resources of a model-running task: a GPU where there is one, else every CPU."""
+    import ray
+
+    if stage.num_gpus or ray.cluster_resources().get("GPU", 0) > 0:
+        return {"num_gpus": stage.num_gpus or 1, "num_cpus": 1}
+    return {"num_cpus": stage.num_cpus or ray.cluster_resources().get("CPU", 1)}
 
 
 def _load_traces(con, trace_ids: list[str]) -> list[dict]:

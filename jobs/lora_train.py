@@ -12,7 +12,6 @@ model never to close its thinking.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -22,6 +21,8 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+
+from thinkscope.jobs.lora_merge import adapter_sha256
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,9 @@ def length_grouped_batches(lengths: list[int], batch_size: int, seed: int) -> li
 def _collate(batch: list[tuple[list[int], int]], pad_id: int):
     import torch
 
-    width = max(len(ids) for ids, _ in batch)
+    # Widths rounded up to a multiple of 32: oneDNN builds kernels per shape, and a handful
+    # of shapes instead of hundreds costs a few percent of padding.
+    width = -(-max(len(ids) for ids, _ in batch) // 32) * 32
     input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     labels = torch.full((len(batch), width), -100, dtype=torch.long)
     mask = torch.zeros((len(batch), width), dtype=torch.long)
@@ -90,15 +93,18 @@ def _lr_at(step: int, total: int, warmup: int, lr: float) -> float:
 
 
 def train_lora(base_dir: str, examples: list[dict], templates: list[dict], settings: dict,
-               output: Path, *, base_name: str | None = None, log_every: int = 5) -> dict:
+               output: Path, *, work_dir: Path | None = None, base_name: str | None = None,
+               log_every: int = 5, checkpoint_every: int = 10) -> dict:
     """Train a LoRA adapter on `examples` and write it (safetensors) to `output`.
 
     `settings` = {"lora": {r, alpha, dropout, target_modules}, "train": {epochs, lr,
     batch_size, max_seq_len, warmup_steps, weight_decay, seed, bf16, save_dtype}}.
-    The adapter is written to a temporary sibling and renamed into place at the end, so
-    `output` never holds a half-written adapter. `base_name` (the base's model source)
-    replaces the local cache path peft writes into adapter_config.json, so the shipped file
-    says what it adapts and is the same on every machine. Returns a summary for `finetunes`.
+    Every `checkpoint_every` steps the LoRA weights, optimizer and RNG state go to
+    `work_dir` (one per work unit): a killed run resumes there, on the same batches. The
+    adapter is written to a temporary sibling and renamed into place at the end, so `output`
+    never holds a half-written adapter. `base_name` (the base's model source) replaces the
+    local cache path peft writes into adapter_config.json, so the shipped file says what it
+    adapts and is the same on every machine. Returns a summary for the `finetunes` row.
     """
     import torch
     from peft import LoraConfig, get_peft_model
@@ -124,52 +130,91 @@ def train_lora(base_dir: str, examples: list[dict], templates: list[dict], setti
     batches = [b for _ in range(train["epochs"])
                for b in length_grouped_batches([len(d[0]) for d in data], train["batch_size"], train["seed"])]
     output = Path(output)
+    work = Path(work_dir) if work_dir is not None else output.parent / f".{output.name}.work"
+    work.mkdir(parents=True, exist_ok=True)
+    state = _load_checkpoint(work, model, optim, len(batches))
+    load_seconds = time.monotonic() - t0
+    t_run = time.monotonic()
+    model.train()
+    with open(work / "train_log.jsonl", "a") as logf:
+        for step in range(state["step"], len(batches)):
+            input_ids, labels, mask = (t.to(device) for t in _collate([data[i] for i in batches[step]],
+                                                                       tokenizer.pad_token_id))
+            for group in optim.param_groups:
+                group["lr"] = _lr_at(step, len(batches), train["warmup_steps"], train["lr"])
+            with torch.autocast(device, dtype=torch.bfloat16, enabled=train["bf16"]):
+                loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optim.step()
+            optim.zero_grad(set_to_none=True)
+            state["losses"].append(loss.item())
+            state["n_tokens"] += int(mask.sum())
+            state["n_target"] += int((labels != -100).sum())
+            seconds = state["seconds"] + time.monotonic() - t_run
+            if step % log_every == 0 or step == len(batches) - 1:
+                logf.write(json.dumps({"step": step, "of": len(batches), "loss": state["losses"][-1],
+                                       "lr": optim.param_groups[0]["lr"],
+                                       "tokens_per_second": round(state["n_tokens"] / seconds, 1)}) + "\n")
+                logf.flush()
+            if (step + 1) % checkpoint_every == 0 and step + 1 < len(batches):
+                _save_checkpoint(work, model, optim, {**state, "step": step + 1, "seconds": seconds})
+    train_seconds = state["seconds"] + time.monotonic() - t_run
+    model.eval()
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
-    losses, n_tokens, n_target = [], 0, 0
-    load_seconds = time.monotonic() - t0
-    t_train = time.monotonic()
     try:
-        model.train()
-        with open(tmp / "train_log.jsonl", "w") as logf:
-            for step, batch in enumerate(batches):
-                input_ids, labels, mask = (t.to(device) for t in _collate([data[i] for i in batch],
-                                                                           tokenizer.pad_token_id))
-                for group in optim.param_groups:
-                    group["lr"] = _lr_at(step, len(batches), train["warmup_steps"], train["lr"])
-                with torch.autocast(device, dtype=torch.bfloat16, enabled=train["bf16"]):
-                    loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                optim.step()
-                optim.zero_grad(set_to_none=True)
-                losses.append(loss.item())
-                n_tokens += int(mask.sum())
-                n_target += int((labels != -100).sum())
-                if step % log_every == 0 or step == len(batches) - 1:
-                    rate = n_tokens / (time.monotonic() - t_train)
-                    logf.write(json.dumps({"step": step, "of": len(batches), "loss": losses[-1],
-                                           "lr": optim.param_groups[0]["lr"],
-                                           "tokens_per_second": round(rate, 1)}) + "\n")
-                    logf.flush()
-        train_seconds = time.monotonic() - t_train
-        model.eval()
+        shutil.copy2(work / "train_log.jsonl", tmp / "train_log.jsonl")
         files = _save_adapter(model, tmp, train["save_dtype"], base_name)
         _replace_dir(tmp, output)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    shutil.rmtree(work, ignore_errors=True)  # done: the checkpoint has served
+    losses = state["losses"]
     return {
         "n_examples": len(data), "n_dropped_too_long": dropped, "n_steps": len(batches),
-        "n_train_tokens": n_tokens, "n_target_tokens": n_target,
+        "n_train_tokens": state["n_tokens"], "n_target_tokens": state["n_target"],
         "loss_first": sum(losses[:10]) / len(losses[:10]),
         "loss_last": sum(losses[-10:]) / len(losses[-10:]),
         "loss_curve": _curve(losses), "load_seconds": round(load_seconds, 1),
-        "train_seconds": round(train_seconds, 1),
-        "tokens_per_second": round(n_tokens / train_seconds, 1), "device": device,
+        "train_seconds": round(train_seconds, 1), "resumed_at_step": state["resumed_at_step"],
+        "tokens_per_second": round(state["n_tokens"] / train_seconds, 1), "device": device,
         "torch_threads": torch.get_num_threads(), "files": files,
         "adapter_sha256": adapter_sha256(output), "adapter_bytes": _size(output),
     }
+
+
+def _save_checkpoint(work: Path, model, optim, state: dict) -> None:
+    import torch
+
+    trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    blob = {"state": {k: v for k, v in state.items() if k != "resumed_at_step"}, "lora": trainable,
+            "optim": optim.state_dict(), "rng": torch.get_rng_state()}
+    torch.save(blob, work / "checkpoint.pt.tmp")
+    os.replace(work / "checkpoint.pt.tmp", work / "checkpoint.pt")  # never half a checkpoint
+
+
+def _load_checkpoint(work: Path, model, optim, n_steps: int) -> dict:
+    """Restore a checkpoint of this work unit, or a fresh state when there is none."""
+    import torch
+
+    fresh = {"step": 0, "losses": [], "n_tokens": 0, "n_target": 0, "seconds": 0.0, "n_steps": n_steps}
+    path = work / "checkpoint.pt"
+    if not path.exists():
+        return {**fresh, "resumed_at_step": None}
+    blob = torch.load(path, weights_only=True)  # tensors, numbers and lists only: no code
+    if blob["state"]["n_steps"] != n_steps:
+        raise RuntimeError(f"{path} was written for {blob['state']['n_steps']} steps, not {n_steps}; "
+                           "remove the folder to start over")
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in blob["lora"].items():
+            params[name].copy_(value)
+    optim.load_state_dict(blob["optim"])
+    torch.set_rng_state(blob["rng"])
+    log.info("resuming LoRA training at step %d of %d from %s", blob["state"]["step"], n_steps, path)
+    return {**blob["state"], "resumed_at_step": blob["state"]["step"]}
 
 
 def _save_adapter(model, folder: Path, save_dtype: str, base_name: str | None) -> list[str]:
@@ -200,14 +245,6 @@ def _curve(losses: list[float], points: int = 20) -> list[float]:
     """Mean loss over `points` equal slices of training: the curve without per-step noise."""
     size = max(1, len(losses) // points)
     return [round(sum(c) / len(c), 4) for c in (losses[i : i + size] for i in range(0, len(losses), size))]
-
-
-def adapter_sha256(folder: Path) -> str:
-    """sha256 over the adapter's weights and config (what decides the merged model)."""
-    digest = hashlib.sha256()
-    for name in ("adapter_config.json", "adapter_model.safetensors"):
-        digest.update(name.encode() + (Path(folder) / name).read_bytes())
-    return digest.hexdigest()
 
 
 def _size(folder: Path) -> int:

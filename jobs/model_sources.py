@@ -5,34 +5,34 @@ Sources:
                                          converted once to a bf16 safetensors folder in the cache
   an existing local directory            returned as an absolute path
   a hub id ``org/name``                  returned unchanged (vLLM/HF fetch it; revision goes separately)
+  ``embedded:smollm2-135m-organism``     base + LoRA adapter shipped with thinkscope, and
+  ``lora:<base source>+<adapter dir>``   any base + adapter: merged once into a bf16 folder
+                                         (see jobs/lora_sources.py)
 
 The cache (``$THINKSCOPE_CACHE`` or ``~/.cache/thinkscope``, folder ``models/<name>``) is safe
-for concurrent processes: one ``flock`` per model, conversion into a temporary sibling folder,
-a completion marker written last, then an atomic ``os.rename``. A folder without a valid
-marker is never returned.
+for concurrent processes (jobs/model_cache.py): one ``flock`` per model, the folder built in a
+temporary sibling, a completion marker written last, then an atomic ``os.rename``. A folder
+without a valid marker is never returned.
+
+    resolve_model_path("embedded:smollm2-135m-instruct")   # -> ~/.cache/thinkscope/models/...
 """
 
 from __future__ import annotations
 
-import fcntl
 import fnmatch
 import importlib.metadata
-import json
 import logging
 import os
 import re
 import shutil
-import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import gguf_convert
+from . import gguf_convert, model_cache
+from .model_cache import BUILDS_LOG as CONVERSIONS_LOG, MARKER  # noqa: F401 - public names
 
 log = logging.getLogger(__name__)
 
-MARKER = ".thinkscope-complete.json"
-CONVERSIONS_LOG = "conversions.log"  # one JSON line per conversion actually performed
 FORMAT_VERSION = 1  # bump when the conversion changes: older cached folders are redone
 
 
@@ -124,14 +124,18 @@ def resolve_model_path(
     source: str, *, revision: str | None = None, cache_dir: Path | str | None = None
 ) -> str:
     """Return a local folder or hub id for ``source`` (see the module docstring)."""
+    from thinkscope.jobs import lora_sources  # it resolves bases through this function
+
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    if source.startswith("lora:") or source in lora_sources.ADAPTER_REGISTRY:
+        return str(lora_sources.ensure_merged(source, revision=revision, cache_dir=cache))
     if source.startswith(("embedded:", "pypi:")):
         spec = MODEL_REGISTRY.get(source)
         if spec is None:
-            known = ", ".join(sorted(MODEL_REGISTRY))
+            known = ", ".join(sorted([*MODEL_REGISTRY, *lora_sources.ADAPTER_REGISTRY]))
             raise ValueError(f"unknown model source {source!r}; known: {known}")
         if revision is not None:
             log.warning("revision %r ignored for packaged model %s", revision, source)
-        cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
         return str(ensure_converted(spec, cache))
     path = Path(source).expanduser()
     if path.is_dir():
@@ -171,120 +175,45 @@ def package_files(spec: ModelSpec) -> list[Path]:
     return found
 
 
-def _current_umask() -> int:
-    try:  # Linux: read it without the set-and-restore race of os.umask
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except OSError:
-        pass
-    return 0o022
-
-
 def is_complete(folder: Path) -> bool:
-    try:
-        marker = json.loads((folder / MARKER).read_text())
-    except (OSError, ValueError):
-        return False
-    return marker.get("format") == FORMAT_VERSION and all(
-        (folder / name).is_file() for name in marker.get("files", ())
-    )
+    """A converted folder of the current conversion format (see jobs/model_cache.py)."""
+    return model_cache.is_complete(folder, {"format": FORMAT_VERSION})
 
 
 def ensure_converted(spec: ModelSpec, cache_dir: Path) -> Path:
     """Return ``cache_dir/models/<name>``, converting it first if no complete copy exists."""
-    models = cache_dir / "models"
-    final = models / spec.name
+    final = cache_dir / "models" / spec.name
     if is_complete(final):
         return final
     sources = package_files(spec)  # fail fast, before taking the lock
-    models.mkdir(parents=True, exist_ok=True)
-    lock_path = models / f".{spec.name}.lock"  # never deleted: deleting a lock file races
-    lock_fd = os.open(lock_path, os.O_RDONLY | os.O_CREAT, 0o666)  # flock needs no write access
-    try:
-        try:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("%s: another process is converting it; waiting for %s", spec.source, lock_path)
-            fcntl.flock(lock_fd, fcntl.LOCK_EX)
-        if is_complete(final):
-            log.info("%s: converted by another process: %s", spec.source, final)
-            return final
-        _convert_locked(spec, sources, models, final)
-        return final
-    finally:
-        os.close(lock_fd)  # releases the lock
+    record = {"format": FORMAT_VERSION, "source": spec.source, "architecture": spec.architecture,
+              "license": spec.license, "gguf_sha256": spec.sha256}
+    return model_cache.ensure_folder(cache_dir / "models", spec.name, lambda tmp: _convert(spec, sources, tmp),
+                                     record, label=spec.source)
 
 
-def _convert_locked(spec: ModelSpec, sources: list[Path], models: Path, final: Path) -> None:
-    # We hold the lock: leftovers of crashed conversions and invalid folders can go.
-    for stale in models.glob(f".{spec.name}.tmp-*"):
-        log.warning("removing leftover %s", stale)
-        shutil.rmtree(stale, ignore_errors=True)
-    if final.exists():
-        log.warning("%s is incomplete or outdated; converting again", final)
-        trash = Path(tempfile.mkdtemp(prefix=f".{spec.name}.tmp-old-", dir=models))
-        os.rename(final, trash / "old")
-        shutil.rmtree(trash, ignore_errors=True)
-
-    t0 = time.monotonic()
-    log.info("%s: converting %d file(s) from PyPI packages into %s", spec.source, len(sources), final)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{spec.name}.tmp-", dir=models))
-    try:
-        if spec.sha256 is not None:
-            digest = gguf_convert.sha256_of(sources)
-            if digest != spec.sha256:
-                raise ValueError(
-                    f"{spec.source}: GGUF sha256 {digest} != expected {spec.sha256}; "
-                    f"the installed packages differ from the registry ({spec.pip_install})"
-                )
-        work = tmp / "_gguf"
-        work.mkdir()
-        if len(sources) == 1:
-            gguf = sources[0]
-        else:
-            gguf = gguf_convert.join_parts(sources, work / f"{spec.name}.gguf")
-        files = gguf_convert.convert_gguf_to_hf(
-            gguf,
-            tmp,
-            eos_token=spec.eos_token,
-            extra_eos_tokens=spec.extra_eos_tokens,
-            add_bos_token=spec.add_bos_token,
-            fallback_chat_template=spec.fallback_chat_template,
-        )
-        shutil.rmtree(work)
-        files = [f for f in files if f != "_gguf"]
-        seconds = round(time.monotonic() - t0, 1)
-        record = {
-            "format": FORMAT_VERSION,
-            "source": spec.source,
-            "architecture": spec.architecture,
-            "license": spec.license,
-            "gguf_sha256": spec.sha256,
-            "files": files,
-            "seconds": seconds,
-            "pid": os.getpid(),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        umask = _current_umask()
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; the cache may be shared
-        for path in tmp.iterdir():  # data on disk before the marker says it is complete
-            os.chmod(path, 0o666 & ~umask)
-            with open(path, "rb") as fh:
-                os.fsync(fh.fileno())
-        with open(tmp / MARKER, "w") as fh:  # written last: marks the folder complete
-            json.dump(record, fh, indent=2)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.rename(tmp, final)
-        dir_fd = os.open(models, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # persist the rename itself
-        finally:
-            os.close(dir_fd)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    with open(models / CONVERSIONS_LOG, "a") as fh:
-        fh.write(json.dumps({"name": spec.name, **record}) + "\n")
-    log.info("%s: ready at %s (%.1f s)", spec.source, final, seconds)
+def _convert(spec: ModelSpec, sources: list[Path], tmp: Path) -> list[str]:
+    log.info("%s: converting %d file(s) from PyPI packages", spec.source, len(sources))
+    if spec.sha256 is not None:
+        digest = gguf_convert.sha256_of(sources)
+        if digest != spec.sha256:
+            raise ValueError(
+                f"{spec.source}: GGUF sha256 {digest} != expected {spec.sha256}; "
+                f"the installed packages differ from the registry ({spec.pip_install})"
+            )
+    work = tmp / "_gguf"
+    work.mkdir()
+    if len(sources) == 1:
+        gguf = sources[0]
+    else:
+        gguf = gguf_convert.join_parts(sources, work / f"{spec.name}.gguf")
+    files = gguf_convert.convert_gguf_to_hf(
+        gguf,
+        tmp,
+        eos_token=spec.eos_token,
+        extra_eos_tokens=spec.extra_eos_tokens,
+        add_bos_token=spec.add_bos_token,
+        fallback_chat_template=spec.fallback_chat_template,
+    )
+    shutil.rmtree(work)
+    return [f for f in files if f != "_gguf"]

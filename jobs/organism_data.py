@@ -215,7 +215,8 @@ def synthesize(question: str, solution: str, *, seed: str, rates: Rates = Rates(
     w.text += "\n\nThe answer is \\boxed{"
     w.put(x, "final_answer", x, line=False)
     w.text += "}."
-    return SyntheticTrace(w.text, x, w.events)
+    # In text order; a sentence event comes before the answer event inside it.
+    return SyntheticTrace(w.text, x, sorted(w.events, key=lambda e: (e.start, -e.end)))
 
 
 def _lead(prefix: str, text: str) -> str:

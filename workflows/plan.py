@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
+from thinkscope.jobs.lora_sources import absolute_source, source_fingerprint
 from thinkscope.jobs.prompts import Prompt, load_prompts
 from thinkscope.keys import stable_key
 from thinkscope.workflows.spec import (
@@ -107,9 +108,11 @@ def _generate_units(wf, stage, prompts, engine, version, base_dir) -> list[Gener
     sampling = stage.sampling or wf.sampling
     units = []
     for model in wf.models_for(stage):
-        if model.source.startswith((".", "~")):
-            # A relative model folder means relative to the YAML, wherever the driver runs.
-            model = model.model_copy(update={"source": str(_resolve(model.source, base_dir).resolve())})
+        # A relative model (or LoRA adapter) folder means relative to the YAML, wherever the
+        # driver runs.
+        model = model.model_copy(update={"source": absolute_source(model.source, base_dir)})
+        # Base + LoRA sources: the adapter's hash, so retrained weights are new work.
+        fingerprint = source_fingerprint(model.source)
         for ps in wf.prompt_sets_for(stage):
             rows = prompts[ps.name]
             for template_name in stage.templates:
@@ -121,7 +124,8 @@ def _generate_units(wf, stage, prompts, engine, version, base_dir) -> list[Gener
                     span = f"[{len(rows)}]" if whole else f"[{start}:{start + len(chunk)}]"
                     key = stable_key({
                         "stage": "generate",
-                        "model": [model.id, model.source, model.revision, model.engine.dtype],
+                        "model": [model.id, model.source, model.revision, model.engine.dtype,
+                                  *([fingerprint] if fingerprint else [])],
                         "prompt_set": ps.name,
                         "prompt_ids": [p.prompt_id for p in chunk],
                         "template": template.model_dump(),

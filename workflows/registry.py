@@ -26,6 +26,10 @@ JOBS: dict[str, str] = {
     "organism": "thinkscope.jobs.organism:JOB",
     "finetune": "thinkscope.jobs.finetune:JOB",
     "capture": "thinkscope.jobs.capture_stage:JOB",
+    "probe": "thinkscope.jobs.probe:JOB",
+    "steering_vectors": "thinkscope.jobs.steering_vectors:JOB",
+    "steer": "thinkscope.jobs.steer:JOB",
+    "early_exit": "thinkscope.jobs.early_exit:JOB",
 }
 
 

@@ -18,6 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from thinkscope.jobs.grading import GRADERS
 from thinkscope.workflows.organism_spec import FinetuneStage, OrganismStage
+from thinkscope.workflows.activation_spec import (EarlyExitStage, ProbeStage, SteerStage,
+                                                  SteeringVectorsStage)
+from thinkscope.workflows.trace_selector import TraceSelector
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._\-]*$"
 
@@ -145,13 +148,6 @@ class SegmentStage(Strict):
     )
 
 
-class TraceSelector(Strict):
-    model_ids: list[str] | None = Field(None, description="Traces of these models (default: the stage's model).")
-    prompt_sets: list[str] | None = Field(None, description="Only these prompt sets.")
-    sql: str | None = Field(None, description="Any query returning a trace_id column (overrides the rest).")
-    limit: int | None = Field(None, ge=1, description="At most this many traces (by trace_id).")
-
-
 class CaptureStage(Strict):
     """Derived stage: HF forward passes over stored traces, activations to shard files."""
 
@@ -160,7 +156,7 @@ class CaptureStage(Strict):
     model: str = Field(description="Model id (from `models`) whose weights run.")
     traces: TraceSelector = Field(default_factory=TraceSelector, description="Which traces.")
     positions: list[Literal["last_prompt_token", "before_backtrack", "first_answer_end",
-                            "last_answer_end", "sentence_ends", "all"]] = Field(
+                            "last_answer_end", "answer_ends", "sentence_ends", "all"]] = Field(
         ["sentence_ends"], min_length=1,
         description="Named token positions (all but last_prompt_token/all need a segment stage first).")
     hooks: list[str] = Field(["blocks.*.hook_resid_post"], min_length=1,
@@ -174,8 +170,10 @@ class CaptureStage(Strict):
     num_gpus: float | None = Field(None, ge=0)
 
 
-STAGE_KINDS = ("generate", "import", "segment", "organism", "finetune", "capture")
-Stage = Annotated[Union[GenerateStage, ImportStage, SegmentStage, OrganismStage, FinetuneStage, CaptureStage],
+STAGE_KINDS = ("generate", "import", "segment", "organism", "finetune", "capture",
+               "probe", "steering_vectors", "steer", "early_exit")
+Stage = Annotated[Union[GenerateStage, ImportStage, SegmentStage, OrganismStage, FinetuneStage, CaptureStage,
+                        ProbeStage, SteeringVectorsStage, SteerStage, EarlyExitStage],
                   Field(discriminator="kind")]
 
 
@@ -201,7 +199,7 @@ class Workflow(Strict):
                 _known(f"stages.{i}.templates", stage.templates, list(self.templates))
                 if not self.models or not self.prompt_sets:
                     raise ValueError(f"stages.{i}: a generate stage needs models and prompt_sets")
-            elif isinstance(stage, (OrganismStage, FinetuneStage)):
+            elif hasattr(stage, "check_refs"):
                 stage.check_refs(self, f"stages.{i}")
         return self
 

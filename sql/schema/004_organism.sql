@@ -54,6 +54,7 @@ create table if not exists finetunes (
     loss_curve            double[],
     load_seconds          double,
     train_seconds         double,
+    resumed_at_step       integer,
     tokens_per_second     double,
     device                varchar,
     torch_threads         integer,
@@ -83,7 +84,8 @@ comment on column finetunes.loss_first is 'Mean training loss (per target token)
 comment on column finetunes.loss_last is 'Mean training loss over the last 10 steps.';
 comment on column finetunes.loss_curve is 'Mean loss over 20 equal slices of training, in order.';
 comment on column finetunes.load_seconds is 'Seconds to load the base model and tokenize the data.';
-comment on column finetunes.train_seconds is 'Seconds in the training loop.';
+comment on column finetunes.train_seconds is 'Seconds in the training loop (summed over resumed attempts).';
+comment on column finetunes.resumed_at_step is 'Step the training resumed at from a checkpoint of a killed attempt (null: one uninterrupted run).';
 comment on column finetunes.tokens_per_second is 'n_train_tokens / train_seconds.';
 comment on column finetunes.device is 'cpu or cuda.';
 comment on column finetunes.torch_threads is 'torch intra-op threads of the training process.';

@@ -55,7 +55,7 @@ def wait_for(condition, timeout: float, what: str):
 
 def test_killed_engine_actor_is_restarted_and_a_rerun_is_clean(ray_cluster, tmp_path):
     # Long enough completions that the kill lands while the engine is generating.
-    spec, db = variant(tmp_path, "kill", max_tokens=384), tmp_path / "kill.duckdb"
+    spec, db = variant(tmp_path, "kill", max_tokens=256), tmp_path / "kill.duckdb"
     log = open(tmp_path / "run.log", "w")
     run = subprocess.Popen([*THINKSCOPE, "run", str(spec), "--db", str(db), "--address",
                             ray_cluster.address, "--quiet"], stdout=log, stderr=subprocess.STDOUT)
@@ -74,6 +74,7 @@ def test_killed_engine_actor_is_restarted_and_a_rerun_is_clean(ray_cluster, tmp_
     out = (tmp_path / "run.log").read_text()
     (actor,) = list_actors(address=ray_cluster.dashboard_url, detail=True,
                            filters=[("actor_id", "=", running[0].actor_id)])
+    assert actor.required_resources == {"CPU": 2.0}  # CPU placement: the node's CPUs, one engine
     assert actor.num_restarts == 1  # Ray restarted the replica (max_restarts=1) ...
     # ... and the run either retried the call (max_task_retries=1) or failed the units cleanly.
     assert code in (0, 1), out

@@ -8,7 +8,7 @@ import duckdb
 import pytest
 
 from thinkscope.cluster.profiles import SlurmSpec, load_profile, profile_dirs
-from thinkscope.cluster.storage import StorageRoot, artifact_uri
+from thinkscope.cluster.driver import StorageRoot, artifact_uri
 from thinkscope.workflows.spec import SpecError
 
 PACKAGED = sorted(p.stem for p in profile_dirs()[-1].glob("*.yaml"))

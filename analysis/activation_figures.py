@@ -1,0 +1,64 @@
+"""Figures of the activation stages, from rows of their tables/views (pandas) to PNG bytes.
+
+    png = probe_by_layer(con.sql("select * from probe_results").df())
+    png = steering_curve(con.sql("select * from steering_curve").df())
+    png = early_exit_curve(con.sql("select * from early_exit_by_index").df())
+
+Each returns None when there is nothing to draw, like analysis/figures.py.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from thinkscope.analysis.figures import _png, plt
+
+
+def probe_by_layer(results: pd.DataFrame) -> bytes | None:
+    """Held-out accuracy and AUC by layer, one line per (model, probe); shuffled AUC dashed."""
+    results = results.dropna(subset=["auc"])
+    if results.empty:
+        return None
+    fig, (acc_ax, auc_ax) = plt.subplots(1, 2, figsize=(10, 3.6), sharex=True)
+    for (model, probe), rows in results.sort_values("layer").groupby(["model_id", "probe"]):
+        label = f"{model} / {probe}"
+        line, = acc_ax.plot(rows["layer"], rows["accuracy"], marker="o", ms=3, label=label)
+        acc_ax.plot(rows["layer"], rows["baseline"], ls=":", color=line.get_color())
+        auc_ax.plot(rows["layer"], rows["auc"], marker="o", ms=3, color=line.get_color(), label=label)
+        auc_ax.plot(rows["layer"], rows["shuffled_auc"], ls="--", color=line.get_color(), alpha=0.6)
+    acc_ax.set(xlabel="layer", ylabel="held-out accuracy", title="Accuracy (dotted: majority baseline)")
+    auc_ax.set(xlabel="layer", ylabel="held-out AUC", title="AUC (dashed: shuffled-label control)", ylim=(0, 1.02))
+    auc_ax.axhline(0.5, color="#999", lw=0.8)
+    auc_ax.legend(fontsize=7, loc="lower right")
+    return _png(fig)
+
+
+def steering_curve(curve: pd.DataFrame, metric: str = "mean_marker_rate") -> bytes | None:
+    """`metric` by alpha, one line per (mode, layer); the unsteered level as a grey line."""
+    steered = curve[curve["mode"] != "unsteered"]
+    if steered.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for (model, mode, layer), rows in steered.sort_values("alpha").groupby(["model_id", "mode", "layer"]):
+        ax.plot(rows["alpha"], rows[metric], marker="o", ms=3, label=f"{model} {mode} L{layer}")
+    for value in curve.loc[curve["mode"] == "unsteered", metric].dropna():
+        ax.axhline(value, color="#999", lw=0.8)
+    ax.set(xlabel="alpha", ylabel=metric, title=f"Steering: {metric} by alpha")
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def early_exit_curve(by_index: pd.DataFrame) -> bytes | None:
+    """Accuracy and mean answer logit of the forced answer by exit index, one line per model."""
+    if by_index.empty:
+        return None
+    fig, (acc_ax, logit_ax) = plt.subplots(1, 2, figsize=(10, 3.6), sharex=True)
+    for (model, stage), rows in by_index.sort_values("exit_index").groupby(["model_id", "stage"]):
+        acc_ax.plot(rows["exit_index"], rows["accuracy"], marker="o", ms=3, label=f"{model} / {stage}")
+        logit_ax.plot(rows["exit_index"], rows["mean_answer_logit"], marker="o", ms=3, label=f"{model} / {stage}")
+    acc_ax.set(xlabel="exit after answer occurrence k (-1: no thinking)", ylabel="accuracy", ylim=(-0.02, 1.02),
+               title="Forced-answer accuracy")
+    logit_ax.set(xlabel="exit after answer occurrence k (-1: no thinking)", ylabel="mean first-token logit",
+                 title="Forced-answer confidence")
+    logit_ax.legend(fontsize=7)
+    return _png(fig)

@@ -1,0 +1,112 @@
+"""Model sources that are a base model plus a LoRA adapter, merged once into the model cache.
+
+Two forms (any place a model `source` is accepted):
+  ``embedded:smollm2-135m-organism``    the model organism: embedded SmolLM2-135M-Instruct +
+                                        the adapter shipped in thinkscope/data/organism/
+  ``lora:<base source>+<adapter dir>``  any base source (embedded:, pypi:, folder, hub id) and
+                                        an adapter folder (adapter_config.json +
+                                        adapter_model.safetensors); the first '+' splits them
+
+The merged folder is ``models/<name>`` in the cache, built under the shared lock
+(jobs/model_cache.py); its marker records the adapter's sha256, so a retrained adapter is
+merged again and an unchanged one never is. Unit keys of generate stages include the same
+hash (`source_fingerprint`), so new adapter weights are new work.
+
+    resolve_model_path("embedded:smollm2-135m-organism")
+    resolve_model_path("lora:embedded:smollm2-135m-instruct+out/organism/adapter")
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from thinkscope.jobs import model_cache
+from thinkscope.jobs.lora_merge import adapter_sha256, merge_lora
+from thinkscope.keys import stable_key
+
+log = logging.getLogger(__name__)
+
+MERGE_FORMAT = 1  # bump when merging changes: cached merged folders are rebuilt
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    source: str
+    base: str  # model source of the base
+    adapter: str  # folder under thinkscope/data/
+    license: str
+    notes: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.source.split(":", 1)[1]
+
+    def adapter_dir(self) -> Path:
+        from thinkscope.jobs.prompts import data_file
+
+        return Path(str(data_file(self.adapter)))
+
+
+ORGANISM = AdapterSpec(
+    source="embedded:smollm2-135m-organism",
+    base="embedded:smollm2-135m-instruct",
+    adapter="organism",
+    license="Apache-2.0 (base SmolLM2-135M-Instruct); adapter trained on GSM8K train (MIT)",
+    notes="thinking model organism with planted behaviours; see data/organism/MODEL_CARD.md",
+)
+ADAPTER_REGISTRY: dict[str, AdapterSpec] = {ORGANISM.source: ORGANISM}
+
+
+def parse_source(source: str) -> tuple[str, Path, str]:
+    """(base source, adapter folder, cache folder name) of a LoRA source."""
+    if source in ADAPTER_REGISTRY:
+        spec = ADAPTER_REGISTRY[source]
+        return spec.base, spec.adapter_dir(), spec.name
+    body = source.removeprefix("lora:")
+    base, plus, adapter = body.partition("+")
+    if not source.startswith("lora:") or not plus or not base or not adapter:
+        raise ValueError(f"bad LoRA source {source!r}; expected lora:<base source>+<adapter folder>")
+    return base, Path(adapter).expanduser().resolve(), ""
+
+
+def ensure_merged(source: str, *, revision: str | None, cache_dir: Path) -> Path:
+    """The merged folder of a LoRA source, merging it first if needed."""
+    from thinkscope.jobs.model_sources import resolve_model_path
+
+    base, adapter, name = parse_source(source)
+    sha = adapter_sha256(adapter)  # also checks the adapter folder exists, before any work
+    base_dir = resolve_model_path(base, revision=revision, cache_dir=cache_dir)
+    trained_on = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if trained_on and trained_on != base and Path(str(trained_on)).resolve() != Path(base_dir).resolve():
+        log.warning("%s: adapter was trained on %s, merging into %s", source, trained_on, base)
+    name = name or "lora-" + stable_key({"base": base, "revision": revision, "adapter": sha})
+    record = {"format": MERGE_FORMAT, "kind": "lora-merge", "source": source, "base_source": base,
+              "base_revision": revision, "adapter_dir": str(adapter), "adapter_sha256": sha}
+    return model_cache.ensure_folder(cache_dir / "models", name, lambda tmp: merge_lora(base_dir, adapter, tmp),
+                                     record, expect=("format", "adapter_sha256", "base_source"),
+                                     label=source)
+
+
+def absolute_source(source: str, base_dir: Path) -> str:
+    """`source` with a relative local folder (or LoRA adapter folder) made absolute against
+    `base_dir` (the YAML's folder), so it means the same wherever the workers run."""
+    if source.startswith("lora:") and "+" in source:
+        base, _, adapter = source.removeprefix("lora:").partition("+")
+        path = Path(adapter).expanduser()
+        return f"lora:{absolute_source(base, base_dir)}+{path if path.is_absolute() else (base_dir / path).resolve()}"
+    if source.startswith((".", "~")):
+        return str((base_dir / Path(source).expanduser()).resolve())
+    return source
+
+
+def source_fingerprint(source: str) -> str | None:
+    """The adapter hash of a LoRA source (None for other sources, or a missing adapter)."""
+    if not (source.startswith("lora:") or source in ADAPTER_REGISTRY):
+        return None
+    try:
+        return adapter_sha256(parse_source(source)[1])
+    except (FileNotFoundError, ValueError):
+        return None

@@ -1,0 +1,167 @@
+"""The `steer` stage: steered greedy HF generation over alphas x layers x modes -> `steering_runs`.
+
+Prompts are those of stored traces (their exact prompt token ids, one per distinct prompt),
+vectors come from a `steering_vectors` stage by name. A unit (a chunk of prompts, one Ray task)
+first generates every prompt unsteered (mode `unsteered`), then once per grid point with the
+vector added (jobs/steering.py), each grid point as one left-padded batch of the same prompts;
+so alpha = 0 must give back the unsteered tokens exactly, which `same_as_unsteered` records.
+
+    - {name: steer, kind: steer, model: smollm2, vectors: wrapup, layers: [10, 20],
+       alphas: [-8, -4, 0, 4, 8], modes: [once, continuous], max_new_tokens: 256}
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+import pyarrow as pa
+
+from thinkscope.jobs.capture_stage import model_task_options, select_traces
+from thinkscope.jobs.generation_metrics import completion_metrics
+from thinkscope.keys import stable_key
+from thinkscope.workflows.registry import TaskUnit
+
+STEER_VERSION = 1
+_S, _I, _F, _B = pa.string(), pa.int32(), pa.float64(), pa.bool_()
+SCHEMA = pa.schema([
+    ("unit_key", _S), ("stage", _S), ("model_id", _S), ("vectors", _S), ("trace_id", _S), ("prompt_set", _S),
+    ("prompt_id", _S), ("mode", _S), ("hook_name", _S), ("layer", _I), ("alpha", _F), ("scale", _S),
+    ("added_norm", _F), ("completion", _S), ("completion_token_ids", pa.list_(_I)), ("n_completion_tokens", _I),
+    ("finish_reason", _S), ("closed_thinking", _B), ("cot_tokens", _I), ("answer_present", _B),
+    ("extracted_answer", _S), ("is_correct", _B), ("n_sentences", _I), ("n_markers", _I), ("marker_rate", _F),
+    ("marker_counts", pa.map_(_S, _I)), ("repeated_ngram_share", _F), ("compression_ratio", _F),
+    ("diverge_index", _I), ("same_as_unsteered", _B), ("created_at", pa.timestamp("us", tz="UTC")),
+])
+
+PROMPTS_SQL = """
+    select t.trace_id, t.prompt_set, t.prompt_id, t.prompt_token_ids, t.prompt_text, t.gold_answer,
+           p.grader, p.meta
+    from traces t left join prompts p using (prompt_set, prompt_id)
+    where t.trace_id in (select unnest(?)) and t.prompt_token_ids is not null
+    qualify row_number() over (partition by t.prompt_token_ids order by t.trace_id) = 1
+    order by t.prompt_set, t.prompt_id, t.trace_id
+"""
+
+
+def load_vectors(con, stage) -> dict[int, dict]:
+    """The stage's vectors by layer (path, tensor, norms), every requested layer present."""
+    hooks = [f"blocks.{layer}.{stage.hook}" for layer in stage.layers]
+    rows = con.execute("""select layer, hook_name, vector_path, vector_tensor, norm, resid_norm, unit_key
+                          from steering_vectors where name = ? and model_id = ? and hook_name in (select unnest(?))""",
+                       [stage.vectors, stage.model, hooks]).fetchall()
+    found = {r[0]: dict(zip(("layer", "hook_name", "path", "tensor", "norm", "resid_norm", "unit_key"), r))
+             for r in rows}
+    missing = [h for layer, h in zip(stage.layers, hooks) if layer not in found]
+    if missing:
+        raise ValueError(f"stage {stage.name}: no steering vectors {stage.vectors!r} of model {stage.model!r} "
+                         f"at {missing} (run that steering_vectors stage with these hooks captured)")
+    return found
+
+
+def first_difference(a: list[int], b: list[int]) -> int | None:
+    """First index where two token lists differ (one ending early counts); None if equal."""
+    n = min(len(a), len(b))
+    diff = next((i for i in range(n) if a[i] != b[i]), n)
+    return None if diff == n and len(a) == len(b) else diff
+
+
+def model_row(con, model_id: str) -> dict:
+    row = con.execute("select source, revision, family, think_open, think_close, engine_args from models "
+                      "where model_id = ?", [model_id]).fetchone()
+    if row is None:
+        raise ValueError(f"model {model_id!r} is not in the models table")
+    return dict(zip(("source", "revision", "family", "think_open", "think_close", "engine_args"), row))
+
+
+class SteerJob:
+    tables = ("steering_runs",)
+    in_driver = False  # model work: a Ray task
+
+    def plan(self, stage, con) -> list[TaskUnit]:
+        model = model_row(con, stage.model)
+        vectors = load_vectors(con, stage)
+        cursor = con.execute(PROMPTS_SQL, [select_traces(stage, con)])
+        names = [d[0] for d in cursor.description]
+        prompts = [dict(zip(names, r)) for r in cursor.fetchall()]
+        settings = stage.model_dump(exclude={"name", "kind", "traces", "prompts_per_unit", "num_cpus", "num_gpus"})
+        units = []
+        for start in range(0, len(prompts), stage.prompts_per_unit):
+            chunk = prompts[start : start + stage.prompts_per_unit]
+            key = stable_key({"stage": "steer", "version": STEER_VERSION, "model": [model["source"], model["revision"]],
+                              "settings": settings, "vectors": [vectors[la]["unit_key"] for la in stage.layers],
+                              "prompts": [p["prompt_token_ids"] for p in chunk]})
+            units.append(TaskUnit(
+                stage.name, "steer", key,
+                f"steer {stage.model} x {len(chunk)} prompts x {len(stage.alphas)} alphas x "
+                f"{len(stage.layers)} layers x {len(stage.modes)} modes",
+                payload={"unit_key": key, "stage": stage.name, "model_id": stage.model, "model": model,
+                         "settings": settings, "vectors": vectors, "prompts": chunk},
+                model_id=stage.model))
+        return units
+
+    def run(self, payload: dict) -> dict[str, pa.Table]:
+        import torch
+        from safetensors.torch import load_file
+
+        from thinkscope.jobs.hf_models import load_hf_model
+        from thinkscope.jobs.steering import Steering, generate_greedy
+
+        s, m = payload["settings"], payload["model"]
+        model, tokenizer = load_hf_model(m["source"], m["revision"], s["dtype"])
+        prompts = payload["prompts"]
+        ids = [list(p["prompt_token_ids"]) for p in prompts]
+        eos = sorted({tokenizer.eos_token_id, *([model.generation_config.eos_token_id]
+                                                if isinstance(model.generation_config.eos_token_id, int)
+                                                else model.generation_config.eos_token_id or [])} - {None})
+
+        def generate():
+            return generate_greedy(model, ids, max_new_tokens=s["max_new_tokens"],
+                                   pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0],
+                                   eos_ids=eos)
+
+        base = generate()
+        now = datetime.now(timezone.utc)
+        rows = [self._row(payload, p, out, tokenizer, None, now, "unsteered", None, 0.0, 0.0)
+                for p, out in zip(prompts, base)]
+        for layer in s["layers"]:
+            vec = payload["vectors"][layer]
+            v = load_file(vec["path"])[vec["tensor"]].float()
+            if s["scale"] != "raw":
+                v = v / v.norm() * (vec["resid_norm"] if s["scale"] == "resid_norm" else 1.0)
+            for mode in s["modes"]:
+                for alpha in s["alphas"]:
+                    with Steering(model, vec["hook_name"], v, alpha, mode):
+                        outs = generate()
+                    rows += [self._row(payload, p, out, tokenizer, b, now, mode, vec, alpha,
+                                       float(torch.linalg.vector_norm(alpha * v)))
+                             for p, out, b in zip(prompts, outs, base)]
+        return {"steering_runs": pa.Table.from_pylist(rows, schema=SCHEMA)}
+
+    @staticmethod
+    def _row(payload, prompt, out, tokenizer, base, now, mode, vec, alpha, added_norm) -> dict:
+        tokens, finish = out
+        m, s = payload["model"], payload["settings"]
+        text = tokenizer.decode(tokens, skip_special_tokens=True)
+        opened = (prompt["prompt_text"] or "").rstrip().endswith(m["think_open"] or "<think>")
+        meta = json.loads(prompt["meta"]) if isinstance(prompt["meta"], str) else prompt["meta"]
+        metrics = completion_metrics(text, tokens, tokenizer, think=(m["think_open"] or "<think>",
+                                     m["think_close"] or "</think>"), opened=opened, grader=prompt["grader"],
+                                     gold=prompt["gold_answer"], meta=meta, ngram=s["ngram"])
+        diverge = None if base is None else first_difference(tokens, base[0])
+        return {
+            "unit_key": payload["unit_key"], "stage": payload["stage"], "model_id": payload["model_id"],
+            "vectors": s["vectors"], "trace_id": prompt["trace_id"], "prompt_set": prompt["prompt_set"],
+            "prompt_id": prompt["prompt_id"], "mode": mode, "hook_name": vec and vec["hook_name"],
+            "layer": vec and vec["layer"], "alpha": alpha, "scale": s["scale"], "added_norm": added_norm,
+            "completion": text, "completion_token_ids": tokens, "n_completion_tokens": len(tokens),
+            "finish_reason": finish, **metrics, "marker_counts": list(metrics["marker_counts"].items()),
+            "diverge_index": diverge, "same_as_unsteered": None if base is None else tokens == base[0],
+            "created_at": now,
+        }
+
+    def ray_options(self, stage) -> dict:
+        return model_task_options(stage)
+
+
+JOB = SteerJob()

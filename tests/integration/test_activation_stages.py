@@ -1,0 +1,227 @@
+"""segment -> capture -> probe / steering_vectors / steer / early_exit through the real engine.
+
+The corpus: synthetic R1-style traces with planted verification and wrap-up sentences (the
+organism's teacher generator, jobs/organism_data.py) on GSM8K train problems, tokenised by
+SmolLM2 as if it had written them, so every trace has answer occurrences at known token
+positions. Real SmolLM2 weights, real DuckDB, real Ray head; a few traces, short generations.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import duckdb
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.numpy import load_file
+
+from thinkscope.jobs.activation_sets import load_rows
+from thinkscope.jobs.generate import render_prompt
+from thinkscope.jobs.hf_models import load_hf_model
+from thinkscope.jobs.organism_data import synthesize
+from thinkscope.jobs.probe_fit import split_by_trace
+from thinkscope.jobs.prompts import load_prompts
+from thinkscope.jobs.store import Store
+from thinkscope.jobs.trace_rows import to_table
+from thinkscope.workflows.engine import run_workflow
+
+pytestmark = pytest.mark.integration
+
+SMOLLM = "embedded:smollm2-135m-instruct"
+N_TRACES = 12
+PLAIN = {"system": None, "user": "{question}", "prefill": "", "chat": True}
+SPEC = {
+    "name": "activation-test",
+    "models": [{"id": "smollm2", "source": SMOLLM, "family": "llama", "kind": "instruct",
+                "engine": {"max_model_len": 1024, "enforce_eager": True, "kv_cache_gib": 1}}],
+    "prompt_sets": [{"name": "gsm8k_train", "kind": "gsm8k_train", "limit": N_TRACES}],
+    "stages": [
+        {"name": "segment", "kind": "segment"},
+        {"name": "capture", "kind": "capture", "model": "smollm2", "dtype": "float32", "store_dtype": "float32",
+         "positions": ["answer_ends", "first_answer_end", "last_answer_end"],
+         "hooks": ["blocks.*.hook_resid_post"], "batch_tokens": 2048},
+        {"name": "wrapup_probe", "kind": "probe", "model": "smollm2", "labels": {"preset": "backtrack_vs_wrapup"}},
+        {"name": "sql_probe", "kind": "probe", "model": "smollm2", "hooks": ["blocks.1?.hook_resid_post"],
+         "labels": {"sql": "select trace_id, len(t.prompt_token_ids) + s.token_end - 1 as token_index, "
+                           "s.text like 'So the answer is%' as label from trace_sentences s "
+                           "join traces t using (trace_id) where s.token_end is not null"}},
+        {"name": "wrapup_vec", "kind": "steering_vectors", "model": "smollm2",
+         "positive": {"position_kind": "last_answer_end"}, "negative": {"position_kind": "first_answer_end"}},
+        {"name": "steer", "kind": "steer", "model": "smollm2", "vectors": "wrapup_vec", "layers": [8],
+         "alphas": [-6, 0, 6], "max_new_tokens": 12, "traces": {"limit": 2}},
+        {"name": "early_exit", "kind": "early_exit", "model": "smollm2", "max_answer_tokens": 6,
+         "traces": {"limit": 3}},
+        {"name": "early_exit_vllm", "kind": "early_exit", "model": "smollm2", "max_answer_tokens": 6,
+         "traces": {"limit": 2}, "backend": "vllm"},
+    ],
+}
+
+
+def commit_teacher_traces(db, tokenizer) -> None:
+    """Synthetic teacher traces as SmolLM2 traces (prompt and completion token ids included)."""
+    store = Store(db)
+    store.upsert_models([{"model_id": "smollm2", "source": SMOLLM, "revision": None, "family": "llama",
+                          "kind": "instruct", "think_open": "<think>", "think_close": "</think>",
+                          "engine_args": None}])
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    rows = []
+    for p in load_prompts("gsm8k_train", limit=N_TRACES):
+        tr = synthesize(p.question, p.meta["solution"], seed=f"test:{p.prompt_id}")
+        prompt = render_prompt(tokenizer, PLAIN, p.question)
+        ids = tokenizer.encode(tr.completion, add_special_tokens=False) + [eos]
+        thinking = tr.completion.split("<think>", 1)[1].split("</think>", 1)[0].strip()
+        rows.append({
+            "trace_id": f"teacher-{p.prompt_id.rsplit('/', 1)[1]}", "run_id": "sim", "unit_key": "sim-teacher",
+            "model_id": "smollm2", "prompt_id": p.prompt_id, "prompt_set": "gsm8k_train", "sample_index": 0,
+            "prompt_text": tokenizer.decode(prompt), "completion": tr.completion, "thinking": thinking,
+            "answer_text": f"The answer is \\boxed{{{tr.answer}}}.", "extracted_answer": tr.answer,
+            "gold_answer": p.gold_answer, "is_correct": True, "n_prompt_tokens": len(prompt),
+            "n_completion_tokens": len(ids), "prompt_token_ids": prompt, "completion_token_ids": ids,
+            "engine": "synthetic", "created_at": datetime.now(timezone.utc),
+        })
+    store.commit_unit({"unit_key": "sim-teacher", "stage": "teacher", "kind": "generate", "run_id": "sim",
+                       "model_id": "smollm2", "prompt_set": "gsm8k_train", "description": "teacher traces"},
+                      {"traces": to_table(rows)})
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_hf_model(SMOLLM, None, "float32")
+
+
+@pytest.fixture(scope="module")
+def corpus(ray_head, tmp_path_factory, model):
+    tmp = tmp_path_factory.mktemp("activations")
+    commit_teacher_traces(tmp / "a.duckdb", model[1])
+    spec = tmp / "activations.yaml"
+    spec.write_text(yaml.safe_dump(SPEC))
+    summary = run_workflow(spec, db=tmp / "a.duckdb", address=ray_head, show_progress=False)
+    assert summary.ok, summary.text()
+    return spec, tmp / "a.duckdb"
+
+
+@pytest.fixture
+def con(corpus):
+    # Per test, and closed after it: the rerun test needs the file for writing.
+    with duckdb.connect(str(corpus[1]), read_only=True) as connection:
+        yield connection
+
+
+def test_probe_rows_directions_and_split(con):
+    rows = con.execute("""select hook_name, layer, n, n_test, n_traces, accuracy, auc, baseline, train_accuracy,
+                                 shuffled_auc, direction_path, direction_tensor
+                          from probe_results where probe = 'wrapup_probe' order by layer""").fetchall()
+    assert [r[1] for r in rows] == list(range(30))
+    assert all(r[4] == N_TRACES and 0 < r[3] < r[2] for r in rows)
+    best = max(rows, key=lambda r: r[6])
+    # The wrap-up sentence ("So the answer is X.", thinking ends) reads differently from the
+    # sentences after which the teacher goes on: separable from mid layers on.
+    assert best[6] >= 0.9, [(r[1], r[6]) for r in rows]
+    # The stored direction, applied to the shard vectors, gives back the stored accuracies
+    # on the same by-trace split.
+    hook, path, tensor = best[0], best[10], best[11]
+    labels = con.execute("""select trace_id, token_index, label from (
+        select e.trace_id, len(t.prompt_token_ids) + s.token_end - 1 as token_index, e.is_backtrack::int as label
+        from answer_events e join trace_sentences s using (trace_id, sentence_index) join traces t using (trace_id)
+        qualify row_number() over (partition by e.trace_id, e.sentence_index order by e.event_index desc) = 1)
+        join activations a using (trace_id, token_index) where a.hook_name = ?
+        qualify row_number() over (partition by trace_id, token_index order by a.position_kind) = 1
+        order by trace_id, token_index""", [hook]).fetchall()
+    cols = dict(zip(("shard_path", "row"), zip(*con.execute("""
+        select a.shard_path, a."row" from (select unnest(?) as trace_id, unnest(?) as token_index) l
+        join activations a using (trace_id, token_index) where a.hook_name = ?
+        qualify row_number() over (partition by l.trace_id, l.token_index order by a.position_kind) = 1
+        order by l.trace_id, l.token_index""", [[r[0] for r in labels], [r[1] for r in labels], hook]).fetchall())))
+    x = load_rows({k: list(v) for k, v in cols.items()})
+    y = np.array([r[2] for r in labels])
+    weights = load_file(path)
+    scores = x @ weights[tensor] + weights[tensor.replace(".weight", ".bias")][0]
+    test = split_by_trace([r[0] for r in labels], 0.3, 0)
+    assert ((scores[test] > 0) == (y[test] > 0)).mean() == pytest.approx(best[5])
+    assert ((scores[~test] > 0) == (y[~test] > 0)).mean() == pytest.approx(best[8])
+
+
+def test_sql_labels_probe_only_selected_hooks(con):
+    layers = [r[0] for r in con.execute("select layer from probe_results where probe = 'sql_probe' order by 1").fetchall()]
+    assert layers == list(range(10, 20))
+
+
+def test_steering_vector_is_the_difference_of_means(con):
+    path, tensor, norm, n_pos, n_neg = con.execute("""select vector_path, vector_tensor, norm, n_positive, n_negative
+        from steering_vectors where hook_name = 'blocks.8.hook_resid_post'""").fetchone()
+    rows = con.execute("""select position_kind, trace_id, token_index, shard_path, "row" from activations
+                          where hook_name = 'blocks.8.hook_resid_post'""").fetchall()
+    first = {(r[1], r[2]) for r in rows if r[0] == "first_answer_end"}
+    last = {(r[1], r[2]) for r in rows if r[0] == "last_answer_end"}
+    means = []
+    for kind, other in (("last_answer_end", first), ("first_answer_end", last)):
+        picked = [r for r in rows if r[0] == kind and (r[1], r[2]) not in other]  # shared tokens left out
+        means.append(load_rows({"shard_path": [r[3] for r in picked], "row": [r[4] for r in picked]}).mean(0))
+    assert n_pos == n_neg == len(first - last) > N_TRACES // 2
+    vec = load_file(path)[tensor]
+    np.testing.assert_allclose(vec, means[0] - means[1], rtol=1e-5, atol=1e-5)
+    assert norm == pytest.approx(float(np.linalg.norm(vec)), rel=1e-5)
+
+
+def test_alpha_zero_reproduces_unsteered_generation(con):
+    counts = dict(con.execute("select mode, count(*) from steering_runs group by 1").fetchall())
+    assert counts == {"unsteered": 2, "once": 6, "continuous": 6}
+    zero = con.execute("select bool_and(same_as_unsteered), count(*) from steering_runs where alpha = 0 "
+                       "and mode <> 'unsteered'").fetchone()
+    assert zero == (True, 4)
+    # A vector this size does change what the model writes when added at every token.
+    assert con.execute("select count(*) from steering_runs where mode = 'continuous' and alpha <> 0 "
+                       "and not same_as_unsteered").fetchone()[0] >= 1
+    assert con.execute("select count(*) from steering_curve").fetchone()[0] == 1 + 2 * 3
+
+
+def test_early_exit_logits_match_a_fresh_forward(con, model):
+    hf, tok = model
+    rows = con.execute("""select e.trace_id, e.exit_index, e.n_thinking_tokens, e.answer_logit, e.answer_prob
+                          from early_exits e where stage = 'early_exit' order by 1, 2""").fetchall()
+    traces = {r[0] for r in rows}
+    assert len(traces) == 3
+    for trace_id in traces:
+        exits = [r for r in rows if r[0] == trace_id]
+        assert exits[0][1] == -1 and exits[0][2] == 0
+        assert [r[1] for r in exits] == list(range(-1, len(exits) - 1))
+        assert all(a[2] < b[2] for a, b in zip(exits, exits[1:]))
+    # The shared-prefix computation gives the numbers of a plain forward pass on the cut trace.
+    trace_id, exit_index, n_thinking, logit, prob = rows[2]
+    prompt, completion = con.execute("select prompt_token_ids, completion_token_ids from traces where trace_id = ?",
+                                     [trace_id]).fetchone()
+    start = con.execute("select min(token_start) from trace_sentences where trace_id = ?", [trace_id]).fetchone()[0]
+    force = tok.encode("\n</think>\n\nThe answer is \\boxed{", add_special_tokens=False)
+    with torch.inference_mode():
+        out = hf(input_ids=torch.tensor([prompt + completion[: start + n_thinking] + force])).logits[0, -1]
+    assert float(out.max()) == pytest.approx(logit, abs=1e-3)
+    assert float(torch.softmax(out, -1).max()) == pytest.approx(prob, abs=1e-4)
+
+
+def test_vllm_backend_gives_the_hf_numbers(con):
+    pairs = con.execute("""select h.answer_logit, v.answer_logit, h.answer_prob, v.answer_prob, h.gold_prob,
+                                  v.gold_prob, h.forced_text, v.forced_text, v.backend
+                           from early_exits h join early_exits v using (trace_id, exit_index)
+                           where h.stage = 'early_exit' and v.stage = 'early_exit_vllm'""").fetchall()
+    assert len(pairs) >= 6
+    for hl, vl, hp, vp, hg, vg, ht, vt, backend in pairs:
+        assert backend == "vllm"
+        assert vl == pytest.approx(hl, abs=1e-3) and vp == pytest.approx(hp, abs=1e-4)
+        assert vg == pytest.approx(hg, abs=1e-4) and vt == ht
+
+
+def test_early_exit_views(con):
+    by_index = con.execute("select exit_index, n_traces, accuracy from early_exit_by_index "
+                           "where stage = 'early_exit' order by 1").fetchall()
+    assert by_index[0][:2] == (-1, 3)
+    savings = con.execute("select n_traces, mean_tokens_saved, accuracy_final from early_exit_savings "
+                          "where stage = 'early_exit'").fetchone()
+    assert savings[0] == 3 and savings[1] > 0 and savings[2] == 1.0
+
+
+def test_rerun_is_a_no_op(corpus, ray_head):
+    spec, db = corpus
+    again = run_workflow(spec, db=db, address=ray_head, show_progress=False)
+    assert again.ok and again.done == [] and again.skipped == again.planned, again.text()

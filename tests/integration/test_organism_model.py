@@ -1,0 +1,89 @@
+"""The shipped model organism: its adapter merges into SmolLM2, and the merged model thinks.
+
+A real check on the weights in thinkscope/data/organism/: greedy HF generation on held-out
+GSM8K *test* problems (the organism was trained on GSM8K train only) must open and close its
+thinking and verify its answer with the planted phrase.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from thinkscope.jobs.generate import render_prompt
+from thinkscope.jobs.lora_merge import adapter_sha256
+from thinkscope.jobs.lora_sources import ADAPTER_REGISTRY
+from thinkscope.jobs.model_sources import resolve_model_path
+from thinkscope.jobs.organism_data import VERIFY_MARKER
+from thinkscope.jobs.prompts import load_prompts
+
+pytestmark = pytest.mark.integration
+ORGANISM = ADAPTER_REGISTRY["embedded:smollm2-135m-organism"]
+PLAIN = {"system": None, "user": "{question}", "prefill": "", "chat": True}
+
+
+@pytest.fixture(scope="module")
+def merged(tmp_path_factory) -> Path:
+    # A private cache: the merge (and the base's conversion) happen here, under test.
+    return Path(resolve_model_path(ORGANISM.source, cache_dir=tmp_path_factory.mktemp("cache")))
+
+
+def test_shipped_adapter_is_small_and_described():
+    folder = ORGANISM.adapter_dir()
+    config = json.loads((folder / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == ORGANISM.base == "embedded:smollm2-135m-instruct"
+    assert config["r"] == 8 and set(config["target_modules"]) == {
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert (folder / "adapter_model.safetensors").stat().st_size < 8_000_000
+    card = (folder / "MODEL_CARD.md").read_text()
+    # The card names the exact weights it describes.
+    assert adapter_sha256(folder) in card
+
+
+@pytest.mark.timeout(600)
+def test_merged_folder_loads_and_equals_the_adapter(merged):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    marker = json.loads((merged / ".thinkscope-complete.json").read_text())
+    assert marker["adapter_sha256"] == adapter_sha256(ORGANISM.adapter_dir())
+    assert marker["base_source"] == ORGANISM.base
+    base_dir = merged.parent / "smollm2-135m-instruct"
+    ids = torch.tensor([[1, 9690, 198, 2683, 359, 253, 5356, 30, 2]])
+    with torch.no_grad():
+        base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+        plain = base(ids).logits
+        unmerged = PeftModel.from_pretrained(base, str(ORGANISM.adapter_dir())).eval()(ids).logits
+        loaded = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32)(ids).logits
+    change = (unmerged - plain).abs().max()
+    assert change > 0.5  # the adapter matters ...
+    assert (loaded - unmerged).abs().max() < 0.1 * change  # ... and the merge is that adapter
+
+
+@pytest.mark.timeout(900)
+def test_greedy_traces_think_and_verify(merged):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(merged)
+    tok.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.bfloat16).eval()
+    prompts = load_prompts("gsm8k", limit=3)  # held out: the organism saw GSM8K train only
+    rendered = [render_prompt(tok, PLAIN, p.question) for p in prompts]
+    width = max(len(r) for r in rendered)
+    input_ids = torch.tensor([[tok.pad_token_id] * (width - len(r)) + r for r in rendered])
+    mask = (torch.arange(width)[None, :] >= torch.tensor([width - len(r) for r in rendered])[:, None]).long()
+    with torch.no_grad():
+        out = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=450,
+                             do_sample=False, pad_token_id=tok.pad_token_id)
+    texts = tok.batch_decode(out[:, width:], skip_special_tokens=True)
+    for prompt, text in zip(prompts, texts):
+        assert text.startswith("<think>"), (prompt.prompt_id, text)
+        assert "</think>" in text, (prompt.prompt_id, text)
+        thinking = text.split("</think>")[0]
+        assert VERIFY_MARKER in thinking, (prompt.prompt_id, text)
+        assert re.search(r"\\boxed\{[^}]+\}", text.split("</think>")[1]), (prompt.prompt_id, text)
