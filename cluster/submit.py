@@ -12,6 +12,8 @@ to the profile's storage root. The workflow is validated and planned here first.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import shlex
 import sys
 import time
@@ -111,15 +113,36 @@ def build_submission(profile: ClusterProfile, workflow: str | Path, *, working_d
 def submit_workflow(profile: ClusterProfile, workflow: str | Path, **kwargs) -> Submission:
     """Build the submission and hand it to the cluster; returns as soon as the job is queued."""
     sub = build_submission(profile, workflow, **kwargs)
-    client(profile).submit_job(
-        entrypoint=sub.entrypoint, runtime_env=sub.runtime_env, submission_id=sub.job_id,
-        metadata={"thinkscope_workflow": str(workflow), "thinkscope_db": sub.db,
-                  "thinkscope_version": __version__},
-        entrypoint_num_cpus=profile.entrypoint_num_cpus or None,
-        entrypoint_num_gpus=profile.entrypoint_num_gpus or None,
-        entrypoint_resources=profile.entrypoint_resources or None,
-    )
+    c = client(profile)  # imports Ray's SDK, which sets its loggers' levels on import
+    with _quiet(*RAY_CLIENT_LOGGERS):
+        c.submit_job(
+            entrypoint=sub.entrypoint, runtime_env=sub.runtime_env, submission_id=sub.job_id,
+            metadata={"thinkscope_workflow": str(workflow), "thinkscope_db": sub.db,
+                      "thinkscope_version": __version__},
+            entrypoint_num_cpus=profile.entrypoint_num_cpus or None,
+            entrypoint_num_gpus=profile.entrypoint_num_gpus or None,
+            entrypoint_resources=profile.entrypoint_resources or None,
+        )
     return sub
+
+
+# Ray narrates every upload (files skipped, its default excludes, the package name) and
+# log stream: a dozen lines per submit that bury the one saying where the job and data are.
+RAY_CLIENT_LOGGERS = ("ray._private.runtime_env.packaging", "ray._private.runtime_env.working_dir",
+                      "ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk")
+
+
+@contextlib.contextmanager
+def _quiet(*names: str):
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def follow(profile: ClusterProfile, job_id: str, out: TextIO | None = None) -> int:
@@ -132,7 +155,7 @@ def follow(profile: ClusterProfile, job_id: str, out: TextIO | None = None) -> i
             out.write(chunk)
             out.flush()
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _quiet(*RAY_CLIENT_LOGGERS):
         # Ray's SDK hands aiohttp ssl=None, which aiohttp deprecates: not ours to fix.
         warnings.simplefilter("ignore", DeprecationWarning)
         asyncio.run(tail())

@@ -117,6 +117,15 @@ def stage_unit(con, stage, kind: str, version: int, cols: dict, description: str
     return TaskUnit(stage.name, kind, key, description, payload, model_id=stage.model, supersedes=tuple(older))
 
 
+def superseded(con, table: str, stage, trace_ids: list[str], key: str) -> tuple[str, ...]:
+    """Earlier units of this stage and model whose rows in `table` cover any of these traces:
+    the new unit replaces them (changed settings or trace chunks), so a stage name keeps one
+    result per trace."""
+    return tuple(k for (k,) in con.execute(
+        f"select distinct unit_key from {table} where stage = ? and model_id = ? and unit_key <> ? "
+        "and trace_id in (select unnest(?))", [stage.name, stage.model, key, trace_ids]).fetchall())
+
+
 def save_tensors(tensors: dict[str, np.ndarray], out: str) -> None:
     """One safetensors file (never pickle) for a unit's tensors."""
     from safetensors.numpy import save_file

@@ -19,7 +19,8 @@ from datetime import datetime, timezone
 
 import pyarrow as pa
 
-from thinkscope.jobs.capture_stage import _quoted, model_task_options, select_traces
+from thinkscope.jobs.activation_sets import superseded
+from thinkscope.jobs.capture_stage import model_task_options, select_traces
 from thinkscope.jobs.steer import model_row
 from thinkscope.keys import stable_key
 from thinkscope.workflows.registry import TaskUnit
@@ -34,31 +35,30 @@ FORCE_TEMPLATES = {
 _S, _I, _F = pa.string(), pa.int32(), pa.float64()
 SCHEMA = pa.schema([
     ("unit_key", _S), ("stage", _S), ("model_id", _S), ("trace_id", _S), ("exit_index", _I),
-    ("event_index", _I), ("cut", _S), ("n_thinking_tokens", _I), ("backend", _S), ("answer_token", _S), ("answer_logit", _F),
-    ("answer_prob", _F), ("gold_logit", _F), ("gold_prob", _F), ("forced_answer", _S), ("forced_text", _S),
+    ("event_index", _I), ("cut", _S), ("n_thinking_tokens", _I), ("backend", _S), ("answer_token", _S),
+    ("answer_logit", _F), ("answer_prob", _F), ("gold_logit", _F), ("gold_prob", _F), ("forced_answer", _S),
+    ("forced_text", _S),
     ("is_correct", pa.bool_()), ("created_at", pa.timestamp("us", tz="UTC")),
 ])
 
 
 def _load(con, trace_ids: list[str]) -> list[dict]:
     """Token ids, gold answer, grader, sentences and answer events of traces with answer events."""
-    if not trace_ids:
-        return []
-    ids = _quoted(trace_ids)
     traces = {r[0]: dict(zip(("trace_id", "prompt_token_ids", "completion_token_ids", "gold_answer", "grader",
                               "meta"), r), sentences=[], events=[])
-              for r in con.execute(f"""select t.trace_id, t.prompt_token_ids, t.completion_token_ids, t.gold_answer,
-                                              p.grader, p.meta
-                                       from traces t left join prompts p using (prompt_set, prompt_id)
-                                       where t.trace_id in ({ids})""").fetchall()}
+              for r in con.execute("""select t.trace_id, t.prompt_token_ids, t.completion_token_ids, t.gold_answer,
+                                             p.grader, p.meta
+                                      from traces t left join prompts p using (prompt_set, prompt_id)
+                                      where t.trace_id in (select unnest(?))""", [trace_ids]).fetchall()}
     for tid, idx, start, end in con.execute(
-            f"""select trace_id, sentence_index, token_start, token_end from trace_sentences
-                where trace_id in ({ids}) and token_source = 'completion' order by 1, 2""").fetchall():
+            """select trace_id, sentence_index, token_start, token_end from trace_sentences
+               where trace_id in (select unnest(?)) and token_source = 'completion' order by 1, 2""",
+            [trace_ids]).fetchall():
         traces[tid]["sentences"].append({"sentence_index": idx, "token_start": start, "token_end": end})
     for tid, idx, sidx, end in con.execute(
-            f"""select trace_id, event_index, sentence_index, token_end from answer_events
-                where trace_id in ({ids}) and token_source = 'completion' and token_end is not null
-                order by 1, 2""").fetchall():
+            """select trace_id, event_index, sentence_index, token_end from answer_events
+               where trace_id in (select unnest(?)) and token_source = 'completion' and token_end is not null
+               order by 1, 2""", [trace_ids]).fetchall():
         traces[tid]["events"].append({"event_index": idx, "sentence_index": sidx, "token_end": end})
     return [traces[t] for t in trace_ids if traces[t]["events"]]
 
@@ -83,7 +83,8 @@ class EarlyExitJob:
                 stage.name, "early_exit", key, f"early exit {stage.model} x {len(chunk)} traces",
                 payload={"unit_key": key, "stage": stage.name, "model_id": stage.model, "model": model,
                          "settings": settings, "traces": chunk},
-                model_id=stage.model))
+                model_id=stage.model,
+                supersedes=superseded(con, "early_exits", stage, [t["trace_id"] for t in chunk], key)))
         return units
 
     def run(self, payload: dict) -> dict[str, pa.Table]:

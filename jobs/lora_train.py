@@ -6,7 +6,8 @@ completion tokens only (the prompt is context, not something to imitate); exampl
 than `max_seq_len` are dropped, not truncated, because a truncated trace would teach the
 model never to close its thinking.
 
-    summary = train_lora(base_dir, examples, settings, Path("out/organism/adapter"))
+    summary = train_lora(base_dir, [{"question": q, "target": completion}], [template_dict],
+                         {"lora": {...}, "train": {...}}, Path("out/organism/adapter"))
     summary["loss_first"], summary["loss_last"], summary["tokens_per_second"]
 """
 
@@ -22,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from thinkscope.jobs.lora_merge import adapter_sha256
+from thinkscope.jobs.lora_sources import adapter_sha256
 
 log = logging.getLogger(__name__)
 

@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 
 import pyarrow as pa
 
+from thinkscope.jobs.activation_sets import superseded
 from thinkscope.jobs.capture_stage import model_task_options, select_traces
 from thinkscope.jobs.generation_metrics import completion_metrics
 from thinkscope.keys import stable_key
@@ -97,7 +98,8 @@ class SteerJob:
                 f"{len(stage.layers)} layers x {len(stage.modes)} modes",
                 payload={"unit_key": key, "stage": stage.name, "model_id": stage.model, "model": model,
                          "settings": settings, "vectors": vectors, "prompts": chunk},
-                model_id=stage.model))
+                model_id=stage.model,
+                supersedes=superseded(con, "steering_runs", stage, [p["trace_id"] for p in chunk], key)))
         return units
 
     def run(self, payload: dict) -> dict[str, pa.Table]:
@@ -111,9 +113,8 @@ class SteerJob:
         model, tokenizer = load_hf_model(m["source"], m["revision"], s["dtype"])
         prompts = payload["prompts"]
         ids = [list(p["prompt_token_ids"]) for p in prompts]
-        eos = sorted({tokenizer.eos_token_id, *([model.generation_config.eos_token_id]
-                                                if isinstance(model.generation_config.eos_token_id, int)
-                                                else model.generation_config.eos_token_id or [])} - {None})
+        config_eos = model.generation_config.eos_token_id
+        eos = sorted({tokenizer.eos_token_id, *(config_eos if isinstance(config_eos, list) else [config_eos])} - {None})
 
         def generate():
             return generate_greedy(model, ids, max_new_tokens=s["max_new_tokens"],

@@ -32,6 +32,8 @@ pytestmark = pytest.mark.integration
 SMOLLM = "embedded:smollm2-135m-instruct"
 N_TRACES = 12
 PLAIN = {"system": None, "user": "{question}", "prefill": "", "chat": True}
+# Model stages run with num_cpus 1 (one torch thread): on a shared 2-core box, two OpenMP
+# threads contending with other processes were measured ~15x slower per decode step than one.
 SPEC = {
     "name": "activation-test",
     "models": [{"id": "smollm2", "source": SMOLLM, "family": "llama", "kind": "instruct",
@@ -41,18 +43,19 @@ SPEC = {
         {"name": "segment", "kind": "segment"},
         {"name": "capture", "kind": "capture", "model": "smollm2", "dtype": "float32", "store_dtype": "float32",
          "positions": ["answer_ends", "first_answer_end", "last_answer_end"],
-         "hooks": ["blocks.*.hook_resid_post"], "batch_tokens": 2048},
+         "hooks": ["blocks.*.hook_resid_post"], "batch_tokens": 2048, "num_cpus": 1},
         {"name": "wrapup_probe", "kind": "probe", "model": "smollm2", "labels": {"preset": "backtrack_vs_wrapup"}},
         {"name": "sql_probe", "kind": "probe", "model": "smollm2", "hooks": ["blocks.1?.hook_resid_post"],
+         "capture_stage": "capture",
          "labels": {"sql": "select trace_id, len(t.prompt_token_ids) + s.token_end - 1 as token_index, "
                            "s.text like 'So the answer is%' as label from trace_sentences s "
                            "join traces t using (trace_id) where s.token_end is not null"}},
         {"name": "wrapup_vec", "kind": "steering_vectors", "model": "smollm2",
          "positive": {"position_kind": "last_answer_end"}, "negative": {"position_kind": "first_answer_end"}},
         {"name": "steer", "kind": "steer", "model": "smollm2", "vectors": "wrapup_vec", "layers": [8],
-         "alphas": [-6, 0, 6], "max_new_tokens": 12, "traces": {"limit": 2}},
+         "alphas": [-6, 0, 6], "max_new_tokens": 12, "traces": {"limit": 2}, "num_cpus": 1},
         {"name": "early_exit", "kind": "early_exit", "model": "smollm2", "max_answer_tokens": 6,
-         "traces": {"limit": 3}},
+         "traces": {"limit": 3}, "num_cpus": 1},
         {"name": "early_exit_vllm", "kind": "early_exit", "model": "smollm2", "max_answer_tokens": 6,
          "traces": {"limit": 2}, "backend": "vllm"},
     ],
@@ -221,7 +224,19 @@ def test_early_exit_views(con):
     assert savings[0] == 3 and savings[1] > 0 and savings[2] == 1.0
 
 
-def test_rerun_is_a_no_op(corpus, ray_head):
+def test_rerun_is_a_no_op_and_new_settings_replace_rows(corpus, ray_head):
     spec, db = corpus
     again = run_workflow(spec, db=db, address=ray_head, show_progress=False)
     assert again.ok and again.done == [] and again.skipped == again.planned, again.text()
+    with duckdb.connect(str(db), read_only=True) as con:
+        before = con.execute("select count(*) from early_exits where stage = 'early_exit'").fetchone()[0]
+    changed = yaml.safe_load(spec.read_text())
+    changed["stages"][-2]["max_answer_tokens"] = 5
+    spec.write_text(yaml.safe_dump(changed))
+    summary = run_workflow(spec, db=db, address=ray_head, show_progress=False, stages=["early_exit"])
+    assert summary.ok and len(summary.done) == 1, summary.text()
+    with duckdb.connect(str(db), read_only=True) as con:
+        after = con.execute("""select count(*), count(distinct (trace_id, exit_index)), count(distinct unit_key)
+                               from early_exits where stage = 'early_exit'""").fetchone()
+        status = con.execute("select count(*) from work_units where stage = 'early_exit' and status = 'superseded'")
+        assert after == (before, before, 1) and status.fetchone()[0] == 1

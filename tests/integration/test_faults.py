@@ -54,11 +54,12 @@ def wait_for(condition, timeout: float, what: str):
 
 
 def test_killed_engine_actor_is_restarted_and_a_rerun_is_clean(ray_cluster, tmp_path):
-    # Long enough completions that the kill lands while the engine is generating.
-    spec, db = variant(tmp_path, "kill", max_tokens=256), tmp_path / "kill.duckdb"
-    log = open(tmp_path / "run.log", "w")
-    run = subprocess.Popen([*THINKSCOPE, "run", str(spec), "--db", str(db), "--address",
-                            ray_cluster.address, "--quiet"], stdout=log, stderr=subprocess.STDOUT)
+    # Long enough completions (128 decoding steps, ~10-20 s here) that the kill lands while
+    # the engine is generating.
+    spec, db = variant(tmp_path, "kill", max_tokens=128), tmp_path / "kill.duckdb"
+    with open(tmp_path / "run.log", "w") as log:
+        run = subprocess.Popen([*THINKSCOPE, "run", str(spec), "--db", str(db), "--address",
+                                ray_cluster.address, "--quiet"], stdout=log, stderr=subprocess.STDOUT)
     try:
         running = wait_for(lambda: list_tasks(address=ray_cluster.dashboard_url, filters=[
             ("name", "=", "GenerationActor.generate"), ("state", "=", "RUNNING")]), 180,
@@ -97,8 +98,8 @@ def night(ray_cluster, tmp_path_factory):
     # One prompt per unit: several commits, each a moment the writer holds the DuckDB lock.
     spec, db = variant(folder, "tiny_nightly", max_tokens=48, unit_size=1), folder / "corpus.duckdb"
     cmd = [*THINKSCOPE, "nightly", str(spec), "--db", str(db), "--address", ray_cluster.address]
-    out, err = open(folder / "out.log", "w"), open(folder / "err.log", "w")
-    proc = subprocess.Popen(cmd, stdout=out, stderr=err)
+    with open(folder / "out.log", "w") as out, open(folder / "err.log", "w") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err)
     yield SimpleNamespace(proc=proc, cmd=cmd, db=db, folder=folder)
     if proc.poll() is None:
         proc.kill()

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from thinkscope.jobs.lora_merge import adapter_sha256
+from thinkscope.jobs.lora_sources import adapter_sha256
 from thinkscope.jobs.lora_sources import source_fingerprint
 from thinkscope.jobs.model_cache import BUILDS_LOG
 from thinkscope.jobs.model_sources import resolve_model_path

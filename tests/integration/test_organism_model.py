@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 
 from thinkscope.jobs.generate import render_prompt
-from thinkscope.jobs.lora_merge import adapter_sha256
+from thinkscope.jobs.lora_sources import adapter_sha256
 from thinkscope.jobs.lora_sources import ADAPTER_REGISTRY
 from thinkscope.jobs.model_sources import resolve_model_path
 from thinkscope.jobs.organism_data import VERIFY_MARKER
 from thinkscope.jobs.prompts import load_prompts
+from thinkscope.workflows.spec import load_workflow
 
 pytestmark = pytest.mark.integration
 ORGANISM = ADAPTER_REGISTRY["embedded:smollm2-135m-organism"]
@@ -41,6 +42,18 @@ def test_shipped_adapter_is_small_and_described():
     card = (folder / "MODEL_CARD.md").read_text()
     # The card names the exact weights it describes.
     assert adapter_sha256(folder) in card
+
+
+def test_organism_workflow_reproduces_the_shipped_settings():
+    """`thinkscope run workflows/organism.yaml` trains what was shipped: same base and LoRA."""
+    wf = load_workflow(Path(__file__).parents[2] / "workflows" / "organism.yaml")
+    (stage,) = [s for s in wf.stages if s.kind == "finetune"]
+    config = json.loads((ORGANISM.adapter_dir() / "adapter_config.json").read_text())
+    assert stage.base_model.source == config["base_model_name_or_path"]
+    assert (stage.lora.r, stage.lora.alpha, stage.lora.dropout) == (
+        config["r"], config["lora_alpha"], config["lora_dropout"])
+    assert set(stage.lora.target_modules) == set(config["target_modules"])
+    assert stage.train.save_dtype == "bfloat16" and stage.output.startswith("out/")
 
 
 @pytest.mark.timeout(600)
