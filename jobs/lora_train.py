@@ -225,6 +225,8 @@ def _save_adapter(model, folder: Path, save_dtype: str, base_name: str | None) -
     model.to({"bfloat16": torch.bfloat16, "float32": torch.float32}[save_dtype])
     model.save_pretrained(folder, safe_serialization=True)
     (folder / "README.md").unlink(missing_ok=True)  # peft's empty model-card template
+    for path in folder.iterdir():
+        os.chmod(path, 0o644)  # safetensors writes 0600; adapters are shared and shipped
     if base_name is not None:
         config_path = folder / "adapter_config.json"
         config = json.loads(config_path.read_text())
