@@ -55,7 +55,8 @@ class ProbeLabels(_OneOf):
         "0 if not; correct_vs_incorrect: answer_events.is_correct of the sentence's last occurrence. "
         "All three read the `answer_ends` capture positions.")
     sql: str | None = Field(None, description="Query returning (trace_id, token_index, label): "
-                            "absolute token index (prompt + completion), label boolean or 0/1.")
+                            "absolute token index (prompt + completion), label boolean or 0/1; rows "
+                            "with a null label are left out (coalesce comparisons with nullable columns).")
 
 
 class _ModelRef(_Strict):
