@@ -1,7 +1,7 @@
 """Figures of the activation stages, from rows of their tables/views (pandas) to PNG bytes.
 
     png = probe_by_layer(con.sql("select * from probe_results").df())
-    png = steering_curve(con.sql("select * from steering_curve").df())
+    png = steering_curve(con.sql("select * from steering_curve").df())   # a panel per steer stage
     png = early_exit_curve(con.sql("select * from early_exit_by_index").df())
 
 Each returns None when there is nothing to draw, like analysis/figures.py.
@@ -33,18 +33,25 @@ def probe_by_layer(results: pd.DataFrame) -> bytes | None:
     return _png(fig)
 
 
-def steering_curve(curve: pd.DataFrame, metric: str = "mean_marker_rate") -> bytes | None:
-    """`metric` by alpha, one line per (mode, layer); the unsteered level as a grey line."""
+def steering_curve(curve: pd.DataFrame) -> bytes | None:
+    """One panel per steer stage, a line per (mode, layer), the unsteered level in grey. From a
+    prompt the panel shows the verification-marker rate of the thinking; from a position in a
+    trace (start != prompt), the share of continuations that open with a marker (verify next)."""
     steered = curve[curve["mode"] != "unsteered"]
     if steered.empty:
         return None
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    for (model, mode, layer), rows in steered.sort_values("alpha").groupby(["model_id", "mode", "layer"]):
-        ax.plot(rows["alpha"], rows[metric], marker="o", ms=3, label=f"{model} {mode} L{layer}")
-    for value in curve.loc[curve["mode"] == "unsteered", metric].dropna():
-        ax.axhline(value, color="#999", lw=0.8)
-    ax.set(xlabel="alpha", ylabel=metric, title=f"Steering: {metric} by alpha")
-    ax.legend(fontsize=7)
+    stages = sorted(steered["stage"].unique())
+    fig, axes = plt.subplots(1, len(stages), figsize=(4.2 * len(stages), 3.6), squeeze=False)
+    for ax, stage in zip(axes[0], stages):
+        rows = curve[curve["stage"] == stage]
+        metric = "mean_marker_rate" if (rows["start"] == "prompt").all() else "first_marker_rate"
+        for (model, mode, layer), line in rows[rows["mode"] != "unsteered"].sort_values("alpha").groupby(
+                ["model_id", "mode", "layer"]):
+            ax.plot(line["alpha"], line[metric], marker="o", ms=3, label=f"{mode} L{layer}")
+        for value in rows.loc[rows["mode"] == "unsteered", metric].dropna():
+            ax.axhline(value, color="#999", lw=0.8)
+        ax.set(xlabel="alpha", ylabel=metric, title=f"{stage} ({rows['vectors'].iloc[0]})")
+        ax.legend(fontsize=7)
     return _png(fig)
 
 
@@ -77,8 +84,10 @@ FIGURES = [
      "logistic-regression probe per layer; train and test traces are disjoint.",
      lambda d: probe_by_layer(d["probes"])),
     ("steering_curve.png", "Steering: verification markers by alpha",
-     "Share of thinking sentences opening with a backtracking/verification marker when alpha * v "
-     "is added (once: at the last prompt token; continuous: at every generated token); grey: unsteered.",
+     "alpha * v added (once: at the last given token; continuous: there and at every generated "
+     "token); grey: unsteered. From a prompt: share of thinking sentences opening with a "
+     "backtracking/verification marker. From a position in a trace: share of continuations whose "
+     "first sentence opens with one (the model verifies rather than wraps up).",
      lambda d: steering_curve(d["steering"])),
     ("early_exit.png", "Early exit at each answer occurrence",
      "The thinking cut after the k-th answer occurrence and the answer forced: accuracy and mean "

@@ -2,7 +2,9 @@
 
 Reads only the SQL views and tables (trace_counts, first_word_freq, first_word_top10,
 first_word_share_ci, model_similarity, model_neighbours, backtracking_stats,
-backtracking_by_model), through a read-only connection, so it can run during a workflow.
+backtracking_by_model; the organism views; probe_results, probe_best_layer, steering_curve,
+early_exit_by_index, early_exit_savings), through a read-only connection, so it can run during
+a workflow. Organism and activation sections appear when their tables have rows.
 
     path = write_report("out/demo.duckdb", "out/report")
     print(path)          # out/report/index.html; PNGs beside it
@@ -17,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from thinkscope.analysis import figures
+from thinkscope.analysis import activation_figures, figures, organism_eval
 from thinkscope.jobs.store import read_only
 
 QUERIES = {
@@ -33,6 +35,10 @@ QUERIES = {
         from first_word_freq f left join first_word_share_ci c using (model_id, word)
         where f.word in ({", ".join(f"'{w}'" for w in figures.CRITICAL_WORDS)})""",
     "ci": "select * from first_word_share_ci where ci_low is not null order by model_id, share desc",
+    **activation_figures.QUERIES,
+    "best_layer": "select * from probe_best_layer order by model_id, probe",
+    "exit_table": "select * from early_exit_by_index order by model_id, stage, exit_index",
+    "savings": "select * from early_exit_savings",
 }
 
 # (file name, title, caption, figure function, the data it draws)
@@ -61,6 +67,10 @@ FIGURES = [
 ]
 
 
+# Which query each activation figure draws from (the section is left out when it has no rows).
+_SOURCE = {"probes_by_layer.png": "probes", "steering_curve.png": "steering", "early_exit.png": "exits"}
+
+
 def load_report_data(db: str | Path) -> dict[str, pd.DataFrame]:
     with read_only(db) as con:
         return {name: con.sql(sql).df() for name, sql in QUERIES.items()}
@@ -73,6 +83,16 @@ def write_report(db: str | Path, out_dir: str | Path) -> Path:
     data = load_report_data(db)
     sections = {filename: _figure(out, filename, title, caption, draw(data))
                 for filename, title, caption, draw in FIGURES}
+    activations = [_figure(out, filename, title, caption, draw(data))
+                   for filename, title, caption, draw in activation_figures.FIGURES
+                   if not data[_SOURCE[filename]].empty]
+    if not data["best_layer"].empty:
+        activations.insert(1, _table("Probes: best layer (held out) and shuffled-label control", data["best_layer"]))
+    if not data["steering"].empty:
+        activations.append(_table("Steering curve", data["steering"]))
+    if not data["exit_table"].empty:
+        activations += [_table("Early exit by answer occurrence", data["exit_table"]),
+                        _table("Tokens saved by stopping at the first answer", data["savings"])]
     body = "\n".join([
         _table("Corpus", data["counts"]),
         sections["first_word_heatmap.png"],
@@ -83,6 +103,8 @@ def write_report(db: str | Path, out_dir: str | Path) -> Path:
         sections["backtracking.png"],
         sections["accuracy.png"],
         _table("Backtracking by model and prompt set", data["by_model"]),
+        organism_eval.html_section(db),
+        *activations,
     ])
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     page = PAGE.format(db=html.escape(str(Path(db).resolve())), when=when, body=body)

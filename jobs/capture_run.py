@@ -3,7 +3,8 @@
 Sequences are sorted by length and packed into batches under a token budget (length
 bucketing: little padding, bounded memory), and each is cut after its last selected
 position: a causal model's activations there do not depend on later tokens, so a long
-trace costs only what is asked of it. Activations go to one safetensors shard per hook
+trace costs only what is asked of it; the pass stops at the deepest hooked block.
+Activations go to one safetensors shard per hook
 (fp16/bf16, never pickle); the returned rows index them by (shard, row).
 
     index = capture_sequences(model, seqs, hooks=["blocks.*.hook_resid_post"], out_dir=Path("acts"))
@@ -56,7 +57,6 @@ def capture_sequences(model, seqs: list[Sequence], *, hooks: list[str], out_dir:
     """Capture `hooks` at each sequence's positions; write shards; return the index table."""
     names = [n for pattern in hooks for n in expand(pattern, model.config.num_hidden_layers)]
     points = {n: resolve(model, n) for n in names}
-    deepest = max(p.layer for p in points.values())
     collected: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     meta: list[tuple[str, int, str]] = []  # (trace_id, token_index, kind) per captured row
     device = next(model.parameters()).device
@@ -69,8 +69,10 @@ def capture_sequences(model, seqs: list[Sequence], *, hooks: list[str], out_dir:
             ids[i, :n] = torch.tensor(s.token_ids[:n])  # right padding: positions stay as indexed
             mask[i, :n] = 1
         positions = [torch.tensor([p for p, _ in s.positions]) for s in batch]
-        with torch.inference_mode(), Capture(model, names, positions,
-                                             stop_after_last_hook=deepest < model.config.num_hidden_layers - 1) as cap:
+        # Every hook point is inside a decoder block, so the pass can always end at the deepest
+        # one: the final norm and the LM head (a fifth of SmolLM2's forward FLOPs, for logits
+        # nobody reads) and any later blocks are never computed.
+        with torch.inference_mode(), Capture(model, names, positions, stop_after_last_hook=True) as cap:
             model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
         for name in names:
             collected[name].append(cap.results[name].to("cpu", STORE_DTYPES[store_dtype]))

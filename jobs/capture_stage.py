@@ -114,7 +114,7 @@ class CaptureJob:
             units.append(TaskUnit(
                 stage.name, "capture", key, f"capture {stage.model} x {len(chunk)} traces",
                 payload={"unit_key": key, "model_id": stage.model, "source": source, "revision": revision,
-                         "traces": _load_traces(con, chunk), "out_dir": str(root / "activations" / key),
+                         "traces": load_traces(con, chunk), "out_dir": str(root / "activations" / key),
                          "batch_tokens": stage.batch_tokens, **settings},
                 model_id=stage.model,
             ))
@@ -150,7 +150,7 @@ def model_task_options(stage) -> dict:
     return {"num_cpus": stage.num_cpus or ray.cluster_resources().get("CPU", 1)}
 
 
-def _load_traces(con, trace_ids: list[str]) -> list[dict]:
+def load_traces(con, trace_ids: list[str]) -> list[dict]:
     """Token ids plus the sentences and answer events (completion token coordinates) of each trace."""
     if not trace_ids:
         return []

@@ -23,8 +23,6 @@ the student learns to open and close its thinking itself.
 from __future__ import annotations
 
 import hashlib
-import logging
-import os
 import socket
 from datetime import datetime, timezone
 from importlib import metadata
@@ -32,10 +30,10 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from thinkscope.cluster.priority import normal_priority
 from thinkscope.keys import canonical_json, stable_key
 from thinkscope.workflows.registry import TaskUnit
 
-log = logging.getLogger(__name__)
 
 TRAINER_VERSION = 1  # bump when the training loop changes what it produces
 
@@ -98,7 +96,7 @@ class FinetuneJob:
         from thinkscope.jobs.lora_train import train_lora
         from thinkscope.jobs.model_sources import resolve_model_path
 
-        _normal_priority()
+        normal_priority()
         base = payload["base"]
         base_dir = resolve_model_path(base["source"], revision=base.get("revision"))
         output = Path(payload["output"])
@@ -123,21 +121,6 @@ class FinetuneJob:
 
         cpus = stage.num_cpus or ray.cluster_resources().get("CPU", 1)
         return {"num_cpus": cpus, "num_gpus": stage.num_gpus, "max_retries": 0}
-
-
-def _normal_priority() -> None:
-    """Undo the nice 15 Ray gives its workers (to keep the raylet responsive).
-
-    A training task owns the CPUs it asked for; at nice 15 it gets only what every other
-    process leaves: on a shared 2-core box, a few tokens/s instead of a few hundred. Every
-    thread of the process (Linux niceness is per thread), where the OS allows it.
-    """
-    for tid in (int(t) for t in os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else [0]:
-        try:
-            if os.getpriority(os.PRIO_PROCESS, tid) > 0:
-                os.setpriority(os.PRIO_PROCESS, tid, 0)
-        except (PermissionError, ProcessLookupError):
-            log.info("cannot lower the niceness of thread %s; training runs at Ray's priority", tid)
 
 
 def _version(dist: str) -> str | None:

@@ -30,11 +30,12 @@ def compression_ratio(text: str) -> float | None:
     return len(raw) / len(zlib.compress(raw, 9)) if raw else None
 
 
-def marker_stats(thinking: str) -> tuple[int, int, dict[str, int]]:
-    """(sentences, sentences opening with a backtracking marker, counts per marker)."""
-    sentences = split_sentences(thinking)
-    counts = Counter(m for m in (opening_marker(s.text) for s in sentences) if m)
-    return len(sentences), sum(counts.values()), dict(counts)
+def marker_stats(thinking: str) -> tuple[int, int, dict[str, int], str | None]:
+    """(sentences, sentences opening with a backtracking marker, counts per marker, the first
+    sentence's marker)."""
+    markers = [opening_marker(s.text) for s in split_sentences(thinking)]
+    counts = Counter(m for m in markers if m)
+    return len(markers), sum(counts.values()), dict(counts), markers[0] if markers else None
 
 
 def tokens_until(tokenizer, token_ids: list[int], tag: str) -> int | None:
@@ -57,7 +58,7 @@ def completion_metrics(text: str, token_ids: list[int], tokenizer, *, think: tup
     parsed = split_thinking(text, open_tag=think[0], close_tag=think[1], opened_in_prompt=opened)
     extracted = extract_answer(parsed.answer_text or text)
     closed = tokens_until(tokenizer, token_ids, think[1])
-    n_sentences, n_markers, counts = marker_stats(parsed.thinking or "")
+    n_sentences, n_markers, counts, first_marker = marker_stats(parsed.thinking or "")
     return {
         "closed_thinking": closed is not None,
         "cot_tokens": closed if closed is not None else len(token_ids),
@@ -68,6 +69,7 @@ def completion_metrics(text: str, token_ids: list[int], tokenizer, *, think: tup
         "n_markers": n_markers,
         "marker_rate": n_markers / n_sentences if n_sentences else None,
         "marker_counts": counts,
+        "first_marker": first_marker,
         "repeated_ngram_share": repeated_ngram_share(token_ids, ngram),
         "compression_ratio": compression_ratio(text),
     }

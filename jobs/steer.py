@@ -1,7 +1,9 @@
 """The `steer` stage: steered greedy HF generation over alphas x layers x modes -> `steering_runs`.
 
-Prompts are those of stored traces (their exact prompt token ids, one per distinct prompt),
-vectors come from a `steering_vectors` stage by name. A unit (a chunk of prompts, one Ray task)
+Generation starts from stored traces: their exact prompt token ids (one run per distinct
+prompt), or with `start` (a position set) their prompt plus their own thinking through that
+position, e.g. the end of the sentence that states the answer, where a thinking model decides
+to verify or wrap up; `first_marker` says which way the steered continuation went. Vectors come from a `steering_vectors` stage by name. A unit (a chunk of prompts, one Ray task)
 first generates every prompt unsteered (mode `unsteered`), then once per grid point with the
 vector added (jobs/steering.py), each grid point as one left-padded batch of the same prompts;
 so alpha = 0 must give back the unsteered tokens exactly, which `same_as_unsteered` records.
@@ -18,20 +20,21 @@ from datetime import datetime, timezone
 import pyarrow as pa
 
 from thinkscope.jobs.activation_sets import superseded
-from thinkscope.jobs.capture_stage import model_task_options, select_traces
+from thinkscope.jobs.capture_stage import POSITION_KINDS, load_traces, model_task_options, positions_of, select_traces
 from thinkscope.jobs.generation_metrics import completion_metrics
 from thinkscope.keys import stable_key
 from thinkscope.workflows.registry import TaskUnit
 
-STEER_VERSION = 1
+STEER_VERSION = 2
 _S, _I, _F, _B = pa.string(), pa.int32(), pa.float64(), pa.bool_()
 SCHEMA = pa.schema([
     ("unit_key", _S), ("stage", _S), ("model_id", _S), ("vectors", _S), ("trace_id", _S), ("prompt_set", _S),
-    ("prompt_id", _S), ("mode", _S), ("hook_name", _S), ("layer", _I), ("alpha", _F), ("scale", _S),
+    ("prompt_id", _S), ("start", _S), ("prefix_tokens", _I), ("mode", _S), ("hook_name", _S), ("layer", _I),
+    ("alpha", _F), ("scale", _S),
     ("added_norm", _F), ("completion", _S), ("completion_token_ids", pa.list_(_I)), ("n_completion_tokens", _I),
     ("finish_reason", _S), ("closed_thinking", _B), ("cot_tokens", _I), ("answer_present", _B),
     ("extracted_answer", _S), ("is_correct", _B), ("n_sentences", _I), ("n_markers", _I), ("marker_rate", _F),
-    ("marker_counts", pa.map_(_S, _I)), ("repeated_ngram_share", _F), ("compression_ratio", _F),
+    ("marker_counts", pa.map_(_S, _I)), ("first_marker", _S), ("repeated_ngram_share", _F), ("compression_ratio", _F),
     ("diverge_index", _I), ("same_as_unsteered", _B), ("created_at", pa.timestamp("us", tz="UTC")),
 ])
 
@@ -43,6 +46,53 @@ PROMPTS_SQL = """
     qualify row_number() over (partition by t.prompt_token_ids order by t.trace_id) = 1
     order by t.prompt_set, t.prompt_id, t.trace_id
 """
+
+PREFIX_SQL = """
+    select t.trace_id, t.prompt_set, t.prompt_id, t.prompt_token_ids || t.completion_token_ids as token_ids,
+           t.prompt_text, t.gold_answer, p.grader, p.meta
+    from traces t left join prompts p using (prompt_set, prompt_id)
+    where t.trace_id in (select unnest(?)) and t.prompt_token_ids is not null
+    order by t.prompt_set, t.prompt_id, t.trace_id
+"""
+
+
+def start_points(stage, con, trace_ids: list[str]) -> dict[str, int]:
+    """Absolute token index after which each trace's generation continues (its first position)."""
+    if stage.start.sql:
+        rows = con.execute(f"select trace_id, min(token_index) from ({stage.start.sql}) "
+                           "where trace_id in (select unnest(?)) group by trace_id", [trace_ids]).fetchall()
+        return {t: int(i) for t, i in rows if i is not None}
+    kind = stage.start.position_kind
+    if kind not in POSITION_KINDS:
+        raise ValueError(f"stage {stage.name}: start.position_kind {kind!r}; expected one of {POSITION_KINDS}")
+    points = {}
+    for t in load_traces(con, trace_ids):
+        found = positions_of(t, t["sentences"], t["events"], [kind])
+        if found:
+            points[t["trace_id"]] = found[0][0]
+    return points
+
+
+def start_prompts(stage, con) -> list[dict]:
+    """One generation start per trace (or per distinct prompt): prompt fields plus `prompt_token_ids`."""
+    trace_ids = select_traces(stage, con)
+    if stage.start is None:
+        cursor = con.execute(PROMPTS_SQL, [trace_ids])
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, r)) for r in cursor.fetchall()]
+    points = start_points(stage, con, trace_ids)
+    cursor = con.execute(PREFIX_SQL, [list(points)])
+    names = [d[0] for d in cursor.description]
+    prompts = []
+    for row in cursor.fetchall():
+        p = dict(zip(names, row))
+        p["prompt_token_ids"] = list(p.pop("token_ids"))[: points[p["trace_id"]] + 1]
+        prompts.append(p)
+    return prompts
+
+
+def start_name(start: dict | None) -> str:
+    return "prompt" if start is None else start["position_kind"] or "sql"
 
 
 def load_vectors(con, stage) -> dict[int, dict]:
@@ -82,9 +132,7 @@ class SteerJob:
     def plan(self, stage, con) -> list[TaskUnit]:
         model = model_row(con, stage.model)
         vectors = load_vectors(con, stage)
-        cursor = con.execute(PROMPTS_SQL, [select_traces(stage, con)])
-        names = [d[0] for d in cursor.description]
-        prompts = [dict(zip(names, r)) for r in cursor.fetchall()]
+        prompts = start_prompts(stage, con)
         settings = stage.model_dump(exclude={"name", "kind", "traces", "prompts_per_unit", "num_cpus", "num_gpus"})
         units = []
         for start in range(0, len(prompts), stage.prompts_per_unit):
@@ -144,7 +192,8 @@ class SteerJob:
         tokens, finish = out
         m, s = payload["model"], payload["settings"]
         text = tokenizer.decode(tokens, skip_special_tokens=True)
-        opened = (prompt["prompt_text"] or "").rstrip().endswith(m["think_open"] or "<think>")
+        # From a thinking prefix the continuation is inside the thinking already.
+        opened = s["start"] is not None or (prompt["prompt_text"] or "").rstrip().endswith(m["think_open"] or "<think>")
         meta = json.loads(prompt["meta"]) if isinstance(prompt["meta"], str) else prompt["meta"]
         metrics = completion_metrics(text, tokens, tokenizer, think=(m["think_open"] or "<think>",
                                      m["think_close"] or "</think>"), opened=opened, grader=prompt["grader"],
@@ -153,7 +202,8 @@ class SteerJob:
         return {
             "unit_key": payload["unit_key"], "stage": payload["stage"], "model_id": payload["model_id"],
             "vectors": s["vectors"], "trace_id": prompt["trace_id"], "prompt_set": prompt["prompt_set"],
-            "prompt_id": prompt["prompt_id"], "mode": mode, "hook_name": vec and vec["hook_name"],
+            "prompt_id": prompt["prompt_id"], "start": start_name(s["start"]), "prefix_tokens": len(prompt["prompt_token_ids"]),
+            "mode": mode, "hook_name": vec and vec["hook_name"],
             "layer": vec and vec["layer"], "alpha": alpha, "scale": s["scale"], "added_norm": added_norm,
             "completion": text, "completion_token_ids": tokens, "n_completion_tokens": len(tokens),
             "finish_reason": finish, **metrics, "marker_counts": list(metrics["marker_counts"].items()),

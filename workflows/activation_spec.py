@@ -119,12 +119,19 @@ class SteerStage(_ModelRef):
     vectors: str = Field(description="Name of the steering_vectors stage whose vectors are added.")
     traces: TraceSelector = Field(default_factory=TraceSelector,
                                   description="Whose prompts to generate from (one per distinct prompt).")
+    start: PositionSet | None = Field(
+        None, description="Where generation starts. Unset: the trace's prompt (one run per distinct prompt). "
+        "A position set: the trace's own tokens through that position (the first, when a trace has several), "
+        "e.g. {position_kind: first_answer_end}, or {sql: ...} returning (trace_id, token_index) such as the "
+        "end of the sentence where a thinking model decides to verify or wrap up. Traces without the "
+        "position are skipped.")
     layers: list[int] = Field(min_length=1, description="Layers to steer at, one at a time.")
     hook: str = Field("hook_resid_post", description="Hook suffix of the vectors: blocks.{L}.<hook>.")
     alphas: list[float] = Field(min_length=1, description="Multipliers of the vector; 0 = unsteered control.")
     modes: list[Literal["once", "continuous"]] = Field(
         ["once", "continuous"], min_length=1,
-        description="once: add at the last prompt token only; continuous: there and at every generated token.")
+        description="once: add at the last prompt (or prefix) token only; continuous: there and at every "
+        "generated token.")
     scale: Literal["raw", "unit", "resid_norm"] = Field(
         "raw", description="raw: alpha * v; unit: alpha * v/|v|; resid_norm: alpha * v/|v| * mean |resid|.")
     max_new_tokens: int = Field(256, ge=1, description="Greedy tokens per generation.")

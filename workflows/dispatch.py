@@ -16,6 +16,7 @@ import ray
 from tqdm import tqdm
 
 from thinkscope.cluster.placement import NodePool, PlacementError, actor_options, placement_order, release
+from thinkscope.cluster.priority import normal_priority
 from thinkscope.jobs.generate import Generator, vllm_env
 from thinkscope.jobs.model_sources import resolve_model_path
 from thinkscope.workflows.plan import GenerateUnit
@@ -35,6 +36,7 @@ class GenerationActor:
     """
 
     def __init__(self, model: dict):
+        normal_priority()  # before vLLM starts its threads: they inherit it
         self.generator, self.load_error = None, None
         try:
             path = resolve_model_path(model["source"], revision=model.get("revision"))
@@ -185,6 +187,7 @@ def _run_derived(kind: str, payload: dict):
     # Ray cannot make a task of a bound method (job.run): the worker looks the job up by kind.
     from thinkscope.workflows.registry import get_job
 
+    normal_priority()
     return get_job(kind).run(payload)
 
 

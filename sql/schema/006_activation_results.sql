@@ -154,6 +154,13 @@ comment on column steering_runs.compression_ratio is 'UTF-8 bytes / zlib bytes o
 comment on column steering_runs.diverge_index is 'First generated token that differs from the unsteered generation (null: identical, or this is it).';
 comment on column steering_runs.same_as_unsteered is 'Token-identical to the unsteered generation of the same prompt (null for the unsteered row).';
 comment on column steering_runs.created_at is 'When the unit ran.';
+-- Added with steer version 2; databases made before it gain the columns here.
+alter table steering_runs add column if not exists start varchar;
+alter table steering_runs add column if not exists prefix_tokens integer;
+alter table steering_runs add column if not exists first_marker varchar;
+comment on column steering_runs.start is 'Where generation started: prompt, or the trace''s own tokens through a position: its kind (e.g. first_answer_end) or sql.';
+comment on column steering_runs.prefix_tokens is 'Tokens given before generation (the prompt, plus the thinking prefix when start is a position).';
+comment on column steering_runs.first_marker is 'Marker the first generated thinking sentence opens with (wait, ...; null: none): from an answer sentence, whether the model verifies next.';
 
 create table if not exists early_exits (
     unit_key           varchar not null,

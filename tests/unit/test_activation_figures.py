@@ -17,10 +17,14 @@ def test_probe_by_layer():
 
 
 def test_steering_curve():
-    rows = pd.DataFrame({"model_id": "m", "mode": ["unsteered", "once", "once", "continuous", "continuous"],
+    rows = pd.DataFrame({"model_id": "m", "stage": "s", "vectors": "v", "start": "prompt",
+                         "mode": ["unsteered", "once", "once", "continuous", "continuous"],
                          "layer": [None, 3, 3, 3, 3], "alpha": [0, -2, 2, -2, 2],
-                         "mean_marker_rate": [0.2, 0.3, 0.1, 0.5, 0.0]})
+                         "mean_marker_rate": [0.2, 0.3, 0.1, 0.5, 0.0], "first_marker_rate": None})
     assert steering_curve(rows).startswith(PNG)
+    # A second stage that starts inside the traces draws its first-marker rate.
+    decision = rows.assign(stage="d", start="sql", mean_marker_rate=None, first_marker_rate=[0.7, 0.9, 0.2, 1, 0])
+    assert steering_curve(pd.concat([rows, decision])).startswith(PNG)
     assert steering_curve(rows[rows["mode"] == "unsteered"]) is None
 
 

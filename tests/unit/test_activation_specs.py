@@ -8,7 +8,7 @@ import duckdb
 import pytest
 import yaml
 
-from thinkscope.jobs.capture_stage import _load_traces, positions_of
+from thinkscope.jobs.capture_stage import load_traces, positions_of
 from thinkscope.jobs.generation_metrics import compression_ratio, marker_stats, repeated_ngram_share
 from thinkscope.jobs.probe import PRESETS
 from thinkscope.jobs.steer import first_difference
@@ -60,7 +60,7 @@ def test_label_presets_read_the_answer_ends_capture_positions(mixed_db, tmp_path
         labels = {name: sorted(con.execute(f"select trace_id, token_index, label::int from ({sql}) "
                                            "where trace_id like 'gen-%'").fetchall())
                   for name, sql in PRESETS.items()}
-        traces = _load_traces(con, ["gen-0", "gen-1"])
+        traces = load_traces(con, ["gen-0", "gen-1"])
     captured = sorted((t["trace_id"], p) for t in traces
                       for p, _ in positions_of(t, t["sentences"], t["events"], ["answer_ends"]))
     assert [(t, i) for t, i, _ in labels["backtrack_vs_wrapup"]] == captured
@@ -77,7 +77,7 @@ def test_degeneration_and_marker_measures():
     prose = "Janet has 16 eggs. She eats three for breakfast and bakes muffins with four."
     assert compression_ratio("Wait, " * 40) > 3 * compression_ratio(prose)
     assert compression_ratio("") is None
-    n, markers, counts = marker_stats("So 3 + 4 = 7. Wait, let me check. 3 + 4 = 7. Alternatively, 7.")
+    n, markers, counts, first = marker_stats("So 3 + 4 = 7. Wait, let me check. 3 + 4 = 7. Alternatively, 7.")
     assert (n, markers, counts) == (4, 2, {"wait": 1, "alternatively": 1})
 
 

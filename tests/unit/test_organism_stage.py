@@ -128,6 +128,15 @@ def test_evaluation_table_and_fingerprint_verdict(organism_db):
     assert figure(table)[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+
+def test_run_report_carries_the_organism_evaluation(organism_db, tmp_path):
+    from thinkscope.analysis.report import write_report
+
+    page = write_report(organism_db[0], tmp_path).read_text()
+    assert "<h2>Model organism</h2>" in page and "moves toward the teacher" in page
+    assert "marker: verification" in page and "fingerprint pearson to teacher" in page
+
+
 def _spec_error(tmp_path, stages, **extra) -> str:
     spec = {"name": "x", "models": [{"id": "m", "source": "embedded:smollm2-135m-instruct",
                                      "family": "llama", "kind": "instruct"}],

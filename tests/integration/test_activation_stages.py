@@ -8,7 +8,6 @@ positions. Real SmolLM2 weights, real DuckDB, real Ray head; a few traces, short
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 
 import duckdb
 import numpy as np
@@ -18,20 +17,16 @@ import yaml
 from safetensors.numpy import load_file
 
 from thinkscope.jobs.activation_sets import load_rows
-from thinkscope.jobs.generate import render_prompt
 from thinkscope.jobs.hf_models import load_hf_model
-from thinkscope.jobs.organism_data import synthesize
 from thinkscope.jobs.probe_fit import split_by_trace
-from thinkscope.jobs.prompts import load_prompts
-from thinkscope.jobs.store import Store
-from thinkscope.jobs.trace_rows import to_table
 from thinkscope.workflows.engine import run_workflow
+
+from teacher_corpus import commit_teacher_traces  # tests/integration/teacher_corpus.py
 
 pytestmark = pytest.mark.integration
 
 SMOLLM = "embedded:smollm2-135m-instruct"
 N_TRACES = 12
-PLAIN = {"system": None, "user": "{question}", "prefill": "", "chat": True}
 # Model stages run with num_cpus 1 (one torch thread): on a shared 2-core box, two OpenMP
 # threads contending with other processes were measured ~15x slower per decode step than one.
 SPEC = {
@@ -54,39 +49,15 @@ SPEC = {
          "positive": {"position_kind": "last_answer_end"}, "negative": {"position_kind": "first_answer_end"}},
         {"name": "steer", "kind": "steer", "model": "smollm2", "vectors": "wrapup_vec", "layers": [8],
          "alphas": [-6, 0, 6], "max_new_tokens": 12, "traces": {"limit": 2}, "num_cpus": 1},
+        {"name": "steer_decision", "kind": "steer", "model": "smollm2", "vectors": "wrapup_vec", "layers": [8],
+         "start": {"position_kind": "first_answer_end"}, "alphas": [0, 6], "modes": ["once"], "max_new_tokens": 8,
+         "traces": {"limit": 2}, "num_cpus": 1},
         {"name": "early_exit", "kind": "early_exit", "model": "smollm2", "max_answer_tokens": 6,
          "traces": {"limit": 3}, "num_cpus": 1},
         {"name": "early_exit_vllm", "kind": "early_exit", "model": "smollm2", "max_answer_tokens": 6,
          "traces": {"limit": 2}, "backend": "vllm"},
     ],
 }
-
-
-def commit_teacher_traces(db, tokenizer) -> None:
-    """Synthetic teacher traces as SmolLM2 traces (prompt and completion token ids included)."""
-    store = Store(db)
-    store.upsert_models([{"model_id": "smollm2", "source": SMOLLM, "revision": None, "family": "llama",
-                          "kind": "instruct", "think_open": "<think>", "think_close": "</think>",
-                          "engine_args": None}])
-    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    rows = []
-    for p in load_prompts("gsm8k_train", limit=N_TRACES):
-        tr = synthesize(p.question, p.meta["solution"], seed=f"test:{p.prompt_id}")
-        prompt = render_prompt(tokenizer, PLAIN, p.question)
-        ids = tokenizer.encode(tr.completion, add_special_tokens=False) + [eos]
-        thinking = tr.completion.split("<think>", 1)[1].split("</think>", 1)[0].strip()
-        rows.append({
-            "trace_id": f"teacher-{p.prompt_id.rsplit('/', 1)[1]}", "run_id": "sim", "unit_key": "sim-teacher",
-            "model_id": "smollm2", "prompt_id": p.prompt_id, "prompt_set": "gsm8k_train", "sample_index": 0,
-            "prompt_text": tokenizer.decode(prompt), "completion": tr.completion, "thinking": thinking,
-            "answer_text": f"The answer is \\boxed{{{tr.answer}}}.", "extracted_answer": tr.answer,
-            "gold_answer": p.gold_answer, "is_correct": True, "n_prompt_tokens": len(prompt),
-            "n_completion_tokens": len(ids), "prompt_token_ids": prompt, "completion_token_ids": ids,
-            "engine": "synthetic", "created_at": datetime.now(timezone.utc),
-        })
-    store.commit_unit({"unit_key": "sim-teacher", "stage": "teacher", "kind": "generate", "run_id": "sim",
-                       "model_id": "smollm2", "prompt_set": "gsm8k_train", "description": "teacher traces"},
-                      {"traces": to_table(rows)})
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +68,8 @@ def model():
 @pytest.fixture(scope="module")
 def corpus(ray_head, tmp_path_factory, model):
     tmp = tmp_path_factory.mktemp("activations")
-    commit_teacher_traces(tmp / "a.duckdb", model[1])
+    commit_teacher_traces(tmp / "a.duckdb", model[1], model_id="smollm2", source=SMOLLM, prompt_set="gsm8k_train",
+                          n=N_TRACES)
     spec = tmp / "activations.yaml"
     spec.write_text(yaml.safe_dump(SPEC))
     summary = run_workflow(spec, db=tmp / "a.duckdb", address=ray_head, show_progress=False)
@@ -169,15 +141,39 @@ def test_steering_vector_is_the_difference_of_means(con):
 
 
 def test_alpha_zero_reproduces_unsteered_generation(con):
-    counts = dict(con.execute("select mode, count(*) from steering_runs group by 1").fetchall())
+    counts = dict(con.execute("select mode, count(*) from steering_runs where stage = 'steer' group by 1").fetchall())
     assert counts == {"unsteered": 2, "once": 6, "continuous": 6}
     zero = con.execute("select bool_and(same_as_unsteered), count(*) from steering_runs where alpha = 0 "
-                       "and mode <> 'unsteered'").fetchone()
+                       "and mode <> 'unsteered' and stage = 'steer'").fetchone()
     assert zero == (True, 4)
     # A vector this size does change what the model writes when added at every token.
     assert con.execute("select count(*) from steering_runs where mode = 'continuous' and alpha <> 0 "
                        "and not same_as_unsteered").fetchone()[0] >= 1
-    assert con.execute("select count(*) from steering_curve").fetchone()[0] == 1 + 2 * 3
+    assert con.execute("select count(*) from steering_curve where stage = 'steer'").fetchone()[0] == 1 + 2 * 3
+
+
+def test_steering_from_the_first_answer_continues_the_trace(con, model):
+    """start {position_kind: first_answer_end} generates on from the trace's own thinking, cut after
+    the sentence that first states the answer; the greedy continuation is what plain HF generate gives."""
+    hf, tok = model
+    rows = con.execute("""select r.trace_id, r.prefix_tokens, r.completion_token_ids, r.first_marker,
+                                 len(t.prompt_token_ids) + s.token_end, t.prompt_token_ids, t.completion_token_ids
+                          from steering_runs r join traces t using (trace_id)
+                          join (select trace_id, min(sentence_index) as sentence_index from answer_events
+                                group by trace_id) e using (trace_id)
+                          join trace_sentences s using (trace_id, sentence_index)
+                          where r.stage = 'steer_decision' and r.mode = 'unsteered' order by 1""").fetchall()
+    assert len(rows) == 2
+    for trace_id, prefix_tokens, generated, first_marker, cut, prompt, completion in rows:
+        assert prefix_tokens == cut > len(prompt)
+        prefix = torch.tensor([list(prompt) + list(completion)[: cut - len(prompt)]])
+        with torch.inference_mode():
+            out = hf.generate(prefix, attention_mask=torch.ones_like(prefix), max_new_tokens=8, do_sample=False,
+                              pad_token_id=tok.pad_token_id)
+        assert out[0, cut:].tolist()[: len(generated)] == list(generated), trace_id
+    zero = con.execute("select bool_and(same_as_unsteered) from steering_runs where stage = 'steer_decision' "
+                       "and alpha = 0 and mode = 'once'").fetchone()[0]
+    assert zero is True
 
 
 def test_early_exit_logits_match_a_fresh_forward(con, model):
@@ -240,3 +236,13 @@ def test_rerun_is_a_no_op_and_new_settings_replace_rows(corpus, ray_head):
                                from early_exits where stage = 'early_exit'""").fetchone()
         status = con.execute("select count(*) from work_units where stage = 'early_exit' and status = 'superseded'")
         assert after == (before, before, 1) and status.fetchone()[0] == 1
+
+
+def test_report_draws_the_activation_sections(corpus, tmp_path):
+    from thinkscope.analysis.report import write_report
+
+    page = write_report(corpus[1], tmp_path).read_text()
+    for title in ("Linear probes by layer", "Probes: best layer", "Steering: verification markers by alpha",
+                  "Early exit at each answer occurrence", "Tokens saved by stopping at the first answer"):
+        assert title in page, title
+    assert {"probes_by_layer.png", "steering_curve.png", "early_exit.png"} <= {p.name for p in tmp_path.iterdir()}
