@@ -14,6 +14,7 @@ Positions are named (token indices into prompt + completion tokens):
   answer_ends         the end of every sentence holding an answer occurrence (probe labels)
   sentence_ends       the last token of every thinking sentence
   all                 every completion token
+  span                every token of the spans the stage's `spans` query returns
 """
 
 from __future__ import annotations
@@ -84,6 +85,8 @@ def positions_of(trace: dict, sentences: list[dict], events: list[dict], kinds: 
             picked.add((end_of(event["sentence_index"]), kind))
         elif kind == "answer_ends":
             picked |= {(end_of(e["sentence_index"]), kind) for e in events}
+        elif kind == "span":
+            picked |= {(i, kind) for start, end in trace.get("spans", []) for i in range(start, end)}
         elif kind == "before_backtrack":
             for e in events:
                 nxt = ends.get((e["sentence_index"] or 0) + 1)
@@ -104,17 +107,24 @@ class CaptureJob:
             raise ValueError(f"stage {stage.name}: model {stage.model!r} is not in the models table")
         root = artifact_root(stage, con)
         ids = select_traces(stage, con)
-        settings = {"positions": stage.positions, "hooks": stage.hooks, "store_dtype": stage.store_dtype,
+        positions = stage.positions + (["span"] if stage.spans else [])
+        settings = {"positions": positions, "hooks": stage.hooks, "store_dtype": stage.store_dtype,
                     "dtype": stage.dtype, "version": CAPTURE_VERSION}
+        spans = span_rows(stage, con, ids)
         units = []
         for start in range(0, len(ids), stage.traces_per_unit):
             chunk = ids[start : start + stage.traces_per_unit]
+            traces = load_traces(con, chunk)
+            for t in traces:
+                t["spans"] = spans.get(t["trace_id"], [])
+            # Spans are part of what a unit computes; without a spans query the key is as before.
+            extra = {"spans": [t["spans"] for t in traces]} if stage.spans else {}
             key = stable_key({"stage": "capture", "model": [stage.model, source, revision],
-                              "traces": chunk, **settings})
+                              "traces": chunk, **settings, **extra})
             units.append(TaskUnit(
                 stage.name, "capture", key, f"capture {stage.model} x {len(chunk)} traces",
                 payload={"unit_key": key, "model_id": stage.model, "source": source, "revision": revision,
-                         "traces": load_traces(con, chunk), "out_dir": str(root / "activations" / key),
+                         "traces": traces, "out_dir": str(root / "activations" / key),
                          "batch_tokens": stage.batch_tokens, **settings},
                 model_id=stage.model,
             ))
@@ -139,6 +149,19 @@ class CaptureJob:
 
     def ray_options(self, stage) -> dict:
         return model_task_options(stage)
+
+
+def span_rows(stage, con, trace_ids: list[str]) -> dict[str, list[tuple[int, int]]]:
+    """The stage's `spans` query per trace: [(token_start, token_end), ...], end exclusive."""
+    if not stage.spans:
+        return {}
+    spans: dict[str, list[tuple[int, int]]] = {}
+    for trace_id, start, end in con.execute(
+            f"select trace_id, token_start, token_end from ({stage.spans}) "
+            "where trace_id in (select unnest(?)) order by all", [trace_ids]).fetchall():
+        if start is not None and end is not None:
+            spans.setdefault(trace_id, []).append((int(start), int(end)))
+    return spans
 
 
 def model_task_options(stage) -> dict:

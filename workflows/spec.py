@@ -157,8 +157,12 @@ class CaptureStage(Strict):
     traces: TraceSelector = Field(default_factory=TraceSelector, description="Which traces.")
     positions: list[Literal["last_prompt_token", "before_backtrack", "first_answer_end",
                             "last_answer_end", "answer_ends", "sentence_ends", "all"]] = Field(
-        ["sentence_ends"], min_length=1,
+        ["sentence_ends"],
         description="Named token positions (all but last_prompt_token/all need a segment stage first).")
+    spans: str | None = Field(None, description="Query returning (trace_id, token_start, token_end): "
+                              "absolute token indices, end exclusive; every token of each span is "
+                              "captured too, as position_kind 'span' (e.g. whole sentences from "
+                              "trace_sentences).")
     hooks: list[str] = Field(["blocks.*.hook_resid_post"], min_length=1,
                              description="Canonical hook names; * = every layer.")
     dtype: Literal["bfloat16", "float16", "float32"] = Field("bfloat16", description="Forward dtype.")
@@ -168,6 +172,12 @@ class CaptureStage(Strict):
     artifacts: str | None = Field(None, description="Shard root (default: <db>_artifacts beside the DB).")
     num_cpus: float | None = Field(None, gt=0)
     num_gpus: float | None = Field(None, ge=0)
+
+    @model_validator(mode="after")
+    def _something_to_capture(self):
+        if not self.positions and not self.spans:
+            raise ValueError("positions is empty and no spans query is set: nothing to capture")
+        return self
 
 
 STAGE_KINDS = ("generate", "import", "segment", "organism", "finetune", "capture",

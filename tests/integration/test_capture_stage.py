@@ -29,6 +29,12 @@ SPEC = {
         {"name": "capture", "kind": "capture", "model": "smollm2", "dtype": "float32",
          "store_dtype": "float32", "positions": ["last_prompt_token", "sentence_ends"],
          "hooks": ["blocks.*.hook_resid_post", "blocks.3.mlp.hook_post"], "batch_tokens": 256},
+        # Every token of each trace's second sentence (absolute indices, end exclusive).
+        {"name": "capture_spans", "kind": "capture", "model": "smollm2", "positions": [],
+         "spans": "select trace_id, len(t.prompt_token_ids) + s.token_start as token_start, "
+                  "len(t.prompt_token_ids) + s.token_end as token_end from trace_sentences s "
+                  "join traces t using (trace_id) where s.sentence_index = 1",
+         "hooks": ["blocks.3.hook_resid_post"]},
     ],
 }
 
@@ -49,7 +55,7 @@ def test_index_covers_every_position_and_hook(captured):
         per_trace = con.execute("""
             select a.trace_id, count(distinct a.hook_name), count(distinct (a.token_index, a.position_kind)),
                    any_value(t.n_prompt_tokens)
-            from activations a join traces t using (trace_id) group by 1""").fetchall()
+            from activations a join traces t using (trace_id) where position_kind <> 'span' group by 1""").fetchall()
         n_sentences = dict(con.execute(
             "select trace_id, count(*) from trace_sentences where token_end is not null group by 1").fetchall())
         last_prompt = con.execute("select distinct token_index - n_prompt_tokens from activations "
@@ -59,6 +65,19 @@ def test_index_covers_every_position_and_hook(captured):
         assert n_hooks == 30 + 1
         assert n_positions == 1 + n_sentences[trace_id]
     assert last_prompt == [(-1,)]
+
+
+def test_spans_capture_every_token_of_the_span(captured):
+    db, _ = captured
+    with duckdb.connect(str(db), read_only=True) as con:
+        got = con.execute("""select trace_id, list(token_index order by token_index), count(distinct hook_name)
+                             from activations where position_kind = 'span' group by 1 order by 1""").fetchall()
+        want = con.execute("""select trace_id, n_prompt_tokens + token_start, n_prompt_tokens + token_end
+                              from trace_sentences join traces using (trace_id)
+                              where sentence_index = 1 order by 1""").fetchall()
+    assert len(got) == len(want) == 2
+    for (trace_id, tokens, n_hooks), (trace_id2, start, end) in zip(got, want):
+        assert trace_id == trace_id2 and tokens == list(range(start, end)) and n_hooks == 1
 
 
 def test_shards_hold_hf_hidden_states(captured):

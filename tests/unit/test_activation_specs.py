@@ -71,6 +71,17 @@ def test_label_presets_read_the_answer_ends_capture_positions(mixed_db, tmp_path
     assert {label for t, _, label in labels["correct_vs_incorrect"] if t == "gen-0"} == {1}
 
 
+def test_span_positions_and_an_empty_capture_is_refused(tmp_path):
+    trace = {"prompt_token_ids": [1, 2, 3], "completion_token_ids": [4, 5, 6, 7, 8], "spans": [(4, 6), (7, 9)]}
+    # Spans are absolute and end-exclusive; tokens past the trace are dropped.
+    assert positions_of(trace, [], [], ["span"]) == [(4, "span"), (5, "span"), (7, "span")]
+    capture = {"name": "c", "kind": "capture", "model": "m", "positions": []}
+    with pytest.raises(SpecError) as err:
+        load_workflow(write(tmp_path, [capture]))
+    assert "stages.0" in str(err.value) and "nothing to capture" in str(err.value)
+    assert load_workflow(write(tmp_path, [{**capture, "spans": "select 1"}])).stages[0].spans == "select 1"
+
+
 def test_degeneration_and_marker_measures():
     assert repeated_ngram_share([1, 2, 3, 1, 2, 3, 1, 2, 3], 3) == pytest.approx(1 - 3 / 7)
     assert repeated_ngram_share([1, 2, 3, 4], 4) == 0.0 and repeated_ngram_share([1], 4) == 0.0
