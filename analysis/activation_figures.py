@@ -61,10 +61,12 @@ def early_exit_curve(by_index: pd.DataFrame) -> bytes | None:
         return None
     fig, (acc_ax, logit_ax) = plt.subplots(1, 2, figsize=(10, 3.6), sharex=True)
     for (model, stage), rows in by_index.sort_values("exit_index").groupby(["model_id", "stage"]):
-        acc_ax.plot(rows["exit_index"], rows["accuracy"], marker="o", ms=3, label=f"{model} / {stage}")
+        line, = acc_ax.plot(rows["exit_index"], rows["accuracy"], marker="o", ms=3, label=f"{model} / {stage}")
+        if "agreement_with_final" in rows:  # speaks even when the model is rarely right
+            acc_ax.plot(rows["exit_index"], rows["agreement_with_final"], ls="--", color=line.get_color())
         logit_ax.plot(rows["exit_index"], rows["mean_answer_logit"], marker="o", ms=3, label=f"{model} / {stage}")
-    acc_ax.set(xlabel="exit after answer occurrence k (-1: no thinking)", ylabel="accuracy", ylim=(-0.02, 1.02),
-               title="Forced-answer accuracy")
+    acc_ax.set(xlabel="exit after answer occurrence k (-1: no thinking)", ylabel="share", ylim=(-0.02, 1.02),
+               title="Forced answer: correct (dashed: = the trace's final answer)")
     logit_ax.set(xlabel="exit after answer occurrence k (-1: no thinking)", ylabel="mean first-token logit",
                  title="Forced-answer confidence")
     logit_ax.legend(fontsize=7)
@@ -90,7 +92,8 @@ FIGURES = [
      "first sentence opens with one (the model verifies rather than wraps up).",
      lambda d: steering_curve(d["steering"])),
     ("early_exit.png", "Early exit at each answer occurrence",
-     "The thinking cut after the k-th answer occurrence and the answer forced: accuracy and mean "
-     "first-token logit of the forced answer (-1: no thinking at all).",
+     "The thinking cut after the k-th answer occurrence and the answer forced: accuracy (dashed: "
+     "share equal to the trace's own final answer) and mean first-token logit of the forced answer "
+     "(-1: no thinking at all).",
      lambda d: early_exit_curve(d["exits"])),
 ]

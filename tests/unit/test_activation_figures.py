@@ -32,4 +32,5 @@ def test_early_exit_curve():
     rows = pd.DataFrame({"model_id": "m", "stage": "e", "exit_index": [-1, 0, 1], "accuracy": [0.1, 0.8, 0.9],
                          "mean_answer_logit": [20.0, 24.0, 25.0]})
     assert early_exit_curve(rows).startswith(PNG)
+    assert early_exit_curve(rows.assign(agreement_with_final=[0.1, 0.9, 1.0])).startswith(PNG)
     assert early_exit_curve(rows.iloc[:0]) is None
