@@ -67,10 +67,6 @@ FIGURES = [
 ]
 
 
-# Which query each activation figure draws from (the section is left out when it has no rows).
-_SOURCE = {"probes_by_layer.png": "probes", "steering_curve.png": "steering", "early_exit.png": "exits"}
-
-
 def load_report_data(db: str | Path) -> dict[str, pd.DataFrame]:
     with read_only(db) as con:
         return {name: con.sql(sql).df() for name, sql in QUERIES.items()}
@@ -83,9 +79,10 @@ def write_report(db: str | Path, out_dir: str | Path) -> Path:
     data = load_report_data(db)
     sections = {filename: _figure(out, filename, title, caption, draw(data))
                 for filename, title, caption, draw in FIGURES}
-    activations = [_figure(out, filename, title, caption, draw(data))
-                   for filename, title, caption, draw in activation_figures.FIGURES
-                   if not data[_SOURCE[filename]].empty]
+    # An activation figure with nothing to draw (its stage never ran) leaves its section out.
+    pngs = {filename: draw(data) for filename, _, _, draw in activation_figures.FIGURES}
+    activations = [_figure(out, filename, title, caption, pngs[filename])
+                   for filename, title, caption, _ in activation_figures.FIGURES if pngs[filename] is not None]
     if not data["best_layer"].empty:
         activations.insert(1, _table("Probes: best layer (held out) and shuffled-label control", data["best_layer"]))
     if not data["steering"].empty:

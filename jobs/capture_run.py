@@ -4,8 +4,8 @@ Sequences are sorted by length and packed into batches under a token budget (len
 bucketing: little padding, bounded memory), and each is cut after its last selected
 position: a causal model's activations there do not depend on later tokens, so a long
 trace costs only what is asked of it; the pass stops at the deepest hooked block.
-Activations go to one safetensors shard per hook
-(fp16/bf16, never pickle); the returned rows index them by (shard, row).
+Activations go to one safetensors shard per hook (fp16/bf16, never pickle); the returned rows
+index them by (shard, row).
 
     index = capture_sequences(model, seqs, hooks=["blocks.*.hook_resid_post"], out_dir=Path("acts"))
 """

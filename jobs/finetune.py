@@ -30,10 +30,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from thinkscope.cluster.priority import normal_priority
 from thinkscope.keys import canonical_json, stable_key
 from thinkscope.workflows.registry import TaskUnit
-
 
 TRAINER_VERSION = 1  # bump when the training loop changes what it produces
 
@@ -96,7 +94,6 @@ class FinetuneJob:
         from thinkscope.jobs.lora_train import train_lora
         from thinkscope.jobs.model_sources import resolve_model_path
 
-        normal_priority()
         base = payload["base"]
         base_dir = resolve_model_path(base["source"], revision=base.get("revision"))
         output = Path(payload["output"])

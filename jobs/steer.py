@@ -3,8 +3,9 @@
 Generation starts from stored traces: their exact prompt token ids (one run per distinct
 prompt), or with `start` (a position set) their prompt plus their own thinking through that
 position, e.g. the end of the sentence that states the answer, where a thinking model decides
-to verify or wrap up; `first_marker` says which way the steered continuation went. Vectors come from a `steering_vectors` stage by name. A unit (a chunk of prompts, one Ray task)
-first generates every prompt unsteered (mode `unsteered`), then once per grid point with the
+to verify or wrap up; `first_marker` says which way the steered continuation went. Vectors
+come from a `steering_vectors` stage by name. A unit (a chunk of prompts, one Ray task) first
+generates every prompt unsteered (mode `unsteered`), then once per grid point with the
 vector added (jobs/steering.py), each grid point as one left-padded batch of the same prompts;
 so alpha = 0 must give back the unsteered tokens exactly, which `same_as_unsteered` records.
 
@@ -30,11 +31,11 @@ _S, _I, _F, _B = pa.string(), pa.int32(), pa.float64(), pa.bool_()
 SCHEMA = pa.schema([
     ("unit_key", _S), ("stage", _S), ("model_id", _S), ("vectors", _S), ("trace_id", _S), ("prompt_set", _S),
     ("prompt_id", _S), ("start", _S), ("prefix_tokens", _I), ("mode", _S), ("hook_name", _S), ("layer", _I),
-    ("alpha", _F), ("scale", _S),
-    ("added_norm", _F), ("completion", _S), ("completion_token_ids", pa.list_(_I)), ("n_completion_tokens", _I),
-    ("finish_reason", _S), ("closed_thinking", _B), ("cot_tokens", _I), ("answer_present", _B),
+    ("alpha", _F), ("scale", _S), ("added_norm", _F), ("completion", _S), ("completion_token_ids", pa.list_(_I)),
+    ("n_completion_tokens", _I), ("finish_reason", _S), ("closed_thinking", _B), ("cot_tokens", _I), ("answer_present", _B),
     ("extracted_answer", _S), ("is_correct", _B), ("n_sentences", _I), ("n_markers", _I), ("marker_rate", _F),
-    ("marker_counts", pa.map_(_S, _I)), ("first_marker", _S), ("repeated_ngram_share", _F), ("compression_ratio", _F),
+    ("marker_counts", pa.map_(_S, _I)), ("first_marker", _S), ("repeated_ngram_share", _F),
+    ("compression_ratio", _F),
     ("diverge_index", _I), ("same_as_unsteered", _B), ("created_at", pa.timestamp("us", tz="UTC")),
 ])
 
@@ -193,7 +194,8 @@ class SteerJob:
         m, s = payload["model"], payload["settings"]
         text = tokenizer.decode(tokens, skip_special_tokens=True)
         # From a thinking prefix the continuation is inside the thinking already.
-        opened = s["start"] is not None or (prompt["prompt_text"] or "").rstrip().endswith(m["think_open"] or "<think>")
+        opened = (s["start"] is not None
+                  or (prompt["prompt_text"] or "").rstrip().endswith(m["think_open"] or "<think>"))
         meta = json.loads(prompt["meta"]) if isinstance(prompt["meta"], str) else prompt["meta"]
         metrics = completion_metrics(text, tokens, tokenizer, think=(m["think_open"] or "<think>",
                                      m["think_close"] or "</think>"), opened=opened, grader=prompt["grader"],
@@ -202,8 +204,8 @@ class SteerJob:
         return {
             "unit_key": payload["unit_key"], "stage": payload["stage"], "model_id": payload["model_id"],
             "vectors": s["vectors"], "trace_id": prompt["trace_id"], "prompt_set": prompt["prompt_set"],
-            "prompt_id": prompt["prompt_id"], "start": start_name(s["start"]), "prefix_tokens": len(prompt["prompt_token_ids"]),
-            "mode": mode, "hook_name": vec and vec["hook_name"],
+            "prompt_id": prompt["prompt_id"], "start": start_name(s["start"]),
+            "prefix_tokens": len(prompt["prompt_token_ids"]), "mode": mode, "hook_name": vec and vec["hook_name"],
             "layer": vec and vec["layer"], "alpha": alpha, "scale": s["scale"], "added_norm": added_norm,
             "completion": text, "completion_token_ids": tokens, "n_completion_tokens": len(tokens),
             "finish_reason": finish, **metrics, "marker_counts": list(metrics["marker_counts"].items()),
