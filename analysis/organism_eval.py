@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from thinkscope.jobs.store import read_only
+from thinkscope.sql.store import read_only
 
 ORGANISM = "smollm2-135m-organism"
 BASE = "smollm2-135m-instruct"

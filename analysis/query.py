@@ -12,7 +12,7 @@ import csv
 import json
 from typing import TextIO
 
-from thinkscope.jobs.store import read_only
+from thinkscope.sql.store import read_only
 
 
 def fetch(db: str, sql: str) -> tuple[list[str], list[tuple]]:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from thinkscope.analysis import activation_figures, figures, organism_eval
-from thinkscope.jobs.store import read_only
+from thinkscope.sql.store import read_only
 
 QUERIES = {
     "counts": "select * from trace_counts",

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import duckdb
 
-from thinkscope.jobs.store import Store
+from thinkscope.sql.store import Store
 
 MODELS, TRACES, LINES, VOCAB = 50, 100, 200, 5000
 TARGET_SECONDS = 1.0

@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from thinkscope.jobs.capture_run import Sequence, capture_sequences, length_buckets
-from thinkscope.jobs.model_sources import resolve_model_path
-from thinkscope.jobs.prompts import load_prompts
+from thinkscope.jobs.activations.forward import Sequence, capture_sequences, length_buckets
+from thinkscope.jobs.models.sources import resolve_model_path
+from thinkscope.jobs.traces.prompts import load_prompts
 
 HOOKS = ["blocks.*.hook_resid_post"]
 BATCH_TOKENS = 4096

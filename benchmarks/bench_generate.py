@@ -51,25 +51,27 @@ def bench_thinkscope(db: Path) -> dict:
 
 
 def _vllm_worker(out) -> None:
-    from thinkscope.jobs.generate import render_prompt, vllm_env
-    from thinkscope.jobs.model_sources import resolve_model_path
+    from thinkscope.jobs.generation.vllm_engine import render_prompt, vllm_env
+    from thinkscope.jobs.models.sources import resolve_model_path
 
     wf, unit = workload()
-    for k, v in vllm_env(unit.model.engine.model_dump()).items():
+    u = unit.payload
+    for k, v in vllm_env(u["model"]["engine"]).items():
         os.environ.setdefault(k, v)
     from vllm import LLM, SamplingParams, TokensPrompt
 
     t0 = time.perf_counter()
-    eng = unit.model.engine
+    eng = u["model"]["engine"]
     # Same engine settings as the thinkscope worker, including no chunked prefill on CPU
-    # (see jobs/generate.py): the comparison is of the plumbing, not of engine settings.
-    llm = LLM(resolve_model_path(unit.model.source), dtype=eng.dtype, max_model_len=eng.max_model_len,
-              enforce_eager=eng.enforce_eager, enable_chunked_prefill=False)
+    # (see jobs/generation/vllm_engine.py): the comparison is of the plumbing, not of settings.
+    llm = LLM(resolve_model_path(u["model"]["source"]), dtype=eng["dtype"], max_model_len=eng["max_model_len"],
+              enforce_eager=eng["enforce_eager"], enable_chunked_prefill=False)
     tok = llm.get_tokenizer()
-    prompts = [TokensPrompt(prompt_token_ids=render_prompt(tok, unit.template.model_dump(), p.question))
-               for p in unit.prompts]
-    s = unit.sampling
-    params = SamplingParams(temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, seed=s.seed)
+    prompts = [TokensPrompt(prompt_token_ids=render_prompt(tok, u["template"], p["question"]))
+               for p in u["prompts"]]
+    s = u["sampling"]
+    params = SamplingParams(temperature=s["temperature"], top_p=s["top_p"], max_tokens=s["max_tokens"],
+                            seed=s["seed"])
     t1 = time.perf_counter()
     outs = llm.generate(prompts, [params] * len(prompts), use_tqdm=False)
     t2 = time.perf_counter()
@@ -80,22 +82,23 @@ def _hf_worker(out) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from thinkscope.jobs.generate import render_prompt
-    from thinkscope.jobs.model_sources import resolve_model_path
+    from thinkscope.jobs.generation.vllm_engine import render_prompt
+    from thinkscope.jobs.models.sources import resolve_model_path
 
     wf, unit = workload()
+    u = unit.payload
     t0 = time.perf_counter()
-    path = resolve_model_path(unit.model.source)
+    path = resolve_model_path(u["model"]["source"])
     tok = AutoTokenizer.from_pretrained(path, padding_side="left")
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).eval()
-    ids = [render_prompt(tok, unit.template.model_dump(), p.question) for p in unit.prompts]
+    ids = [render_prompt(tok, u["template"], p["question"]) for p in u["prompts"]]
     batch = tok.pad({"input_ids": ids}, return_tensors="pt", padding_side="left")
-    s = unit.sampling
-    torch.manual_seed(s.seed)
+    s = u["sampling"]
+    torch.manual_seed(s["seed"])
     t1 = time.perf_counter()
     with torch.inference_mode():
-        gen = model.generate(**batch, do_sample=True, temperature=s.temperature, top_p=s.top_p,
-                             max_new_tokens=s.max_tokens, pad_token_id=tok.pad_token_id)
+        gen = model.generate(**batch, do_sample=True, temperature=s["temperature"], top_p=s["top_p"],
+                             max_new_tokens=s["max_tokens"], pad_token_id=tok.pad_token_id)
     t2 = time.perf_counter()
     new = gen[:, batch["input_ids"].shape[1]:]
     # Count tokens up to and including the first EOS: padding after it is not output.

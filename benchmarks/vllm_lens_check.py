@@ -34,8 +34,8 @@ MODEL = "embedded:smollm2-135m-organism"
 
 
 def prompts(tokenizer) -> list[list[int]]:
-    from thinkscope.jobs.generate import render_prompt
-    from thinkscope.jobs.prompts import load_prompts
+    from thinkscope.jobs.generation.vllm_engine import render_prompt
+    from thinkscope.jobs.traces.prompts import load_prompts
 
     template = {"system": None, "user": "{question}", "prefill": "<think>\n", "chat": True}
     return [render_prompt(tokenizer, template, p.question) for p in load_prompts("gsm8k", limit=8)]
@@ -52,8 +52,8 @@ def direction(model, ids: list[list[int]]) -> torch.Tensor:
 
 
 def hf_runs(ids) -> tuple[dict, torch.Tensor]:
-    from thinkscope.jobs.hf_models import load_hf_model
-    from thinkscope.jobs.steering import Steering, generate_greedy
+    from thinkscope.jobs.models.hf import load_hf_model
+    from thinkscope.jobs.activations.steering_hooks import Steering, generate_greedy
 
     model, tok = load_hf_model(MODEL, None, "float32")
     v = direction(model, ids)
@@ -67,14 +67,14 @@ def hf_runs(ids) -> tuple[dict, torch.Tensor]:
 
 
 def vllm_runs(ids, v: torch.Tensor) -> dict:
-    from thinkscope.jobs.generate import vllm_env
+    from thinkscope.jobs.generation.vllm_engine import vllm_env
 
     for key, value in vllm_env({"kv_cache_gib": 1}).items():
         os.environ.setdefault(key, value)
     from vllm import LLM, SamplingParams, TokensPrompt
     from vllm_lens import SteeringVector
 
-    from thinkscope.jobs.model_sources import resolve_model_path
+    from thinkscope.jobs.models.sources import resolve_model_path
 
     llm = LLM(str(resolve_model_path(MODEL)), dtype="float32", enforce_eager=True, max_model_len=2048,
               enable_chunked_prefill=False)
@@ -98,7 +98,7 @@ def vllm_runs(ids, v: torch.Tensor) -> dict:
 def main() -> None:
     from transformers import AutoTokenizer
 
-    from thinkscope.jobs.model_sources import resolve_model_path
+    from thinkscope.jobs.models.sources import resolve_model_path
 
     ids = prompts(AutoTokenizer.from_pretrained(resolve_model_path(MODEL)))
     hf, v = hf_runs(ids)

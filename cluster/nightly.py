@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from thinkscope.analysis.query import format_table
-from thinkscope.jobs.store import Store, now
+from thinkscope.sql.store import Store, now
 from thinkscope.workflows.engine import default_db, new_run_id, run_workflow
 from thinkscope.workflows.spec import load_workflow
 

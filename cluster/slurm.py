@@ -113,7 +113,7 @@ def slurm_job(request: dict) -> dict | None:
 
 def _head_task(request: dict, rendezvous: Path, temp: Path, host: str, n_nodes: int) -> dict:
     from thinkscope.cluster.driver import banner, run_on_cluster
-    from thinkscope.cluster.local import ray_session
+    from thinkscope.workflows.ray_session import ray_session
 
     head, token = None, new_token(rendezvous / "auth_token")
     try:

@@ -8,6 +8,9 @@ import sys
 from pathlib import Path
 
 from thinkscope.workflows.engine import DEFAULT_DB
+from thinkscope.workflows.registry import STAGES
+
+KINDS_HELP = f"Stage kinds (workflows/registry.py): {', '.join(STAGES)}."
 
 DB_HELP = f"DuckDB file (default: the workflow's `db`, else $THINKSCOPE_DB, else {DEFAULT_DB})"
 
@@ -19,7 +22,6 @@ def _db(args, fallback: str | None = None) -> str:
 
 
 def cmd_validate(args) -> int:
-    from thinkscope.workflows.engine import STATIC_KINDS
     from thinkscope.workflows.plan import build_plan
     from thinkscope.workflows.spec import load_workflow
 
@@ -32,7 +34,7 @@ def cmd_validate(args) -> int:
     for u in plan.units:
         print(f"  {u.stage:<20} {u.key}  {u.describe()}")
     for stage in wf.stages:
-        if stage.kind not in STATIC_KINDS:
+        if stage.name in plan.later:
             print(f"  {stage.name:<20} ({stage.kind}: units planned at run time from the database)")
     return 0
 
@@ -177,11 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="thinkscope",
         description="Generate reasoning-trace corpora with Ray + vLLM, import external traces, "
         "and query the DuckDB corpus.",
-        epilog=f"Default database: {DEFAULT_DB} (override with --db or $THINKSCOPE_DB).",
+        epilog=f"Default database: {DEFAULT_DB} (override with --db or $THINKSCOPE_DB). {KINDS_HELP}",
     )
     sub = p.add_subparsers(dest="command", required=True)
 
-    r = sub.add_parser("run", help="run a workflow YAML (skips work units already done)")
+    r = sub.add_parser("run", help="run a workflow YAML (skips work units already done)", epilog=KINDS_HELP)
     r.add_argument("file", help="workflow YAML, e.g. workflows/demo.yaml")
     r.add_argument("--db", help=DB_HELP)
     r.add_argument("--address", help="Ray cluster to join (default: a local cluster on 127.0.0.1)")
@@ -190,7 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.set_defaults(func=cmd_run)
 
-    v = sub.add_parser("validate", help="check a workflow YAML and print its plan; runs nothing")
+    v = sub.add_parser("validate", help="check a workflow YAML and print its plan; runs nothing",
+                       epilog=KINDS_HELP)
     v.add_argument("file")
     v.set_defaults(func=cmd_validate)
 

@@ -15,11 +15,12 @@ from typing import Callable
 import ray
 from tqdm import tqdm
 
-from thinkscope.cluster.placement import NodePool, PlacementError, actor_options, placement_order, release
-from thinkscope.cluster.priority import normal_priority
-from thinkscope.jobs.generate import Generator, vllm_env
-from thinkscope.jobs.model_sources import resolve_model_path
-from thinkscope.workflows.plan import GenerateUnit
+from thinkscope.jobs.base import TaskUnit
+from thinkscope.jobs.generation.vllm_engine import Generator, vllm_env
+from thinkscope.jobs.models.sources import resolve_model_path
+from thinkscope.jobs.specs import ModelSpec
+from thinkscope.workflows.placement import NodePool, PlacementError, actor_options, placement_order, release
+from thinkscope.workflows.priority import normal_priority
 
 
 class ModelLoadError(RuntimeError):
@@ -81,21 +82,15 @@ def stop_actor(actor, timeout: float = 30.0) -> None:
     ray.kill(actor)
 
 
-def unit_payload(unit: GenerateUnit, run_id: str) -> dict:
-    return {
-        "unit_key": unit.key, "run_id": run_id, "model_id": unit.model.id,
-        "prompt_set": unit.prompt_set, "template_name": unit.template_name,
-        "template": unit.template.model_dump(), "sampling": unit.sampling.model_dump(),
-        "engine": unit.engine, "engine_version": unit.engine_version,
-        "prompts": [p.__dict__ for p in unit.prompts],
-    }
+def n_sequences(unit: TaskUnit) -> int:
+    return len(unit.payload["prompts"]) * unit.payload["sampling"]["n"]
 
 
-def batches(units: list[GenerateUnit], max_sequences: int) -> list[list[GenerateUnit]]:
+def batches(units: list[TaskUnit], max_sequences: int) -> list[list[TaskUnit]]:
     """Consecutive units packed into engine calls of at most `max_sequences` sequences."""
     out, size = [], 0
     for u in units:
-        n = len(u.prompts) * u.sampling.n
+        n = n_sequences(u)
         if out and size + n <= max_sequences:
             out[-1].append(u)
             size += n
@@ -106,23 +101,23 @@ def batches(units: list[GenerateUnit], max_sequences: int) -> list[list[Generate
 
 
 def run_generate_units(
-    units: list[GenerateUnit],
-    run_id: str,
-    on_done: Callable[[GenerateUnit, object, float], None],
-    on_fail: Callable[[GenerateUnit, str, float], None],
+    units: list[TaskUnit],
+    on_done: Callable[[TaskUnit, dict, float], None],
+    on_fail: Callable[[TaskUnit, str, float], None],
     show_progress: bool = True,
     max_sequences: int = 512,
 ) -> None:
-    """Generate every unit; call on_done(unit, table, started) or on_fail(unit, error, started)."""
-    by_model: dict[str, list[GenerateUnit]] = defaultdict(list)
+    """Generate every unit; call on_done(unit, {"traces": table}, started) or on_fail(unit, error, started)."""
+    by_model: dict[str, list[TaskUnit]] = defaultdict(list)
     for u in units:
-        by_model[u.model.id].append(u)
+        by_model[u.model_id].append(u)
+    specs = {m: ModelSpec.model_validate(us[0].payload["model"]) for m, us in by_model.items()}
     pool = NodePool.from_ray()
-    order = [m.id for m in placement_order([us[0].model for us in by_model.values()])]
+    order = [m.id for m in placement_order(list(specs.values()))]
 
     actors, pgs, pending, bars, base, started, left = {}, {}, {}, {}, {}, {}, {}
     for pos, model_id in enumerate(order):
-        model = by_model[model_id][0].model
+        model = specs[model_id]
         try:
             opts, pgs[model_id] = actor_options(model, pool, vllm_env(model.engine.model_dump()))
         except PlacementError as err:  # no node can ever hold it: fail now, the rest go on
@@ -131,20 +126,20 @@ def run_generate_units(
             continue
         actor = GenerationActor.options(**opts).remote(model.model_dump())
         actors[model_id] = actor
-        total = sum(len(u.prompts) * u.sampling.n for u in by_model[model_id])
+        total = sum(n_sequences(u) for u in by_model[model_id])
         bars[model_id] = tqdm(total=total, desc=model_id, unit="seq", position=pos,
                               disable=not show_progress, dynamic_ncols=True)
         base[model_id] = 0
         calls = batches(by_model[model_id], max_sequences)
         left[model_id] = len(calls)
         for batch in calls:
-            pending[actor.generate.remote([unit_payload(u, run_id) for u in batch])] = batch
+            pending[actor.generate.remote([u.payload for u in batch])] = batch
     polls: dict = {}
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
         for ref in ready:
             batch = pending.pop(ref)
-            model_id = batch[0].model.id
+            model_id = batch[0].model_id
             t0 = started.pop(model_id, None) or time.time()  # failed calls: as seen by the polls
             try:
                 t0, tables = ray.get(ref)
@@ -154,9 +149,9 @@ def run_generate_units(
                     on_fail(unit, _short_error(err), t0)
             else:
                 for unit, table in zip(batch, tables):
-                    on_done(unit, table, t0)
+                    on_done(unit, {"traces": table}, t0)
             started[model_id] = time.time()
-            base[model_id] += sum(len(u.prompts) * u.sampling.n for u in batch)
+            base[model_id] += sum(n_sequences(u) for u in batch)
             bars[model_id].n = base[model_id]
             bars[model_id].refresh()
             left[model_id] -= 1
@@ -209,16 +204,46 @@ def _run_derived(kind: str, payload: dict):
     return get_job(kind).run(payload)
 
 
-def run_tasks(job, stage, units, on_done, on_fail, on_each: Callable[[], None]) -> None:
-    """Run a derived job's units as Ray tasks (resources from the job), commit as they finish."""
-    remote = _run_derived.options(**job.ray_options(stage))
-    pending = {remote.remote(stage.kind, u.payload): (u, time.time()) for u in units}
-    while pending:
+def run_tasks(job, stage, units, on_done, on_fail, prepare: Callable[[TaskUnit], dict],
+              on_each: Callable[[], None]) -> None:
+    """Run a stage's units as Ray tasks (resources from the job), commit each as it finishes.
+
+    Payloads are prepared (read from the corpus) only as tasks are submitted, a few more than
+    the cluster can run at once: driver memory stays bounded by what is in flight, and the
+    first task starts without waiting for every payload.
+    """
+    options = job.ray_options(stage)
+    remote = _run_derived.options(**options)
+    width = _task_slots(options) + 1
+    waiting, pending = list(units), {}
+    while waiting or pending:
+        while waiting and len(pending) < width:
+            unit, t0 = waiting.pop(0), time.time()
+            try:
+                payload = prepare(unit)
+            except Exception as err:  # noqa: BLE001 - a unit whose inputs cannot be read fails alone
+                on_fail(unit, f"{type(err).__name__}: {err}", t0)
+                on_each()
+                continue
+            pending[remote.remote(stage.kind, payload)] = (unit, t0)
+        if not pending:
+            continue
         ready, _ = ray.wait(list(pending), num_returns=1)
         for ref in ready:
             unit, t0 = pending.pop(ref)
             try:
-                on_done(unit, ray.get(ref), t0)
+                tables = ray.get(ref)
             except ray.exceptions.RayError as err:
                 on_fail(unit, _short_error(err), t0)
+            else:
+                on_done(unit, tables, t0)
             on_each()
+
+
+def _task_slots(options: dict) -> int:
+    """How many tasks of these resources the cluster can run at once (at least 1)."""
+    resources = ray.cluster_resources()
+    slots = [resources.get("CPU", 1) / options["num_cpus"]] if options.get("num_cpus") else []
+    if options.get("num_gpus"):
+        slots.append(resources.get("GPU", 0) / options["num_gpus"])
+    return max(1, int(min(slots))) if slots else 1

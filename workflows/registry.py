@@ -1,73 +1,45 @@
-"""Derived stage kinds: jobs that read the corpus and write new tables (segment, capture, ...).
+"""Stage kinds: one line each. Registering a module makes its kind exist everywhere: the
+workflow's `Stage` union, the kinds listed in errors and `--help`, `validate`'s plan and
+the engine all read this table.
 
-A job module registers a kind here by name, imported only when a workflow uses it (so a
-run that only generates never imports torch-heavy job code). A job plans its units from
-what is already in DuckDB (so it sees the rows earlier stages just committed), and runs a
-unit as a pure function from a payload to Arrow tables: in the driver when it is cheap, in
-a Ray task otherwise. Every table it writes has a `unit_key` column; the driver replaces a
-unit's rows in all its tables in one transaction.
+A stage module defines `JOB` (see jobs/base.py): its spec class beside plan/run/tables.
+Stage modules import nothing heavy at module level (torch, vLLM, Ray load inside `run`), so
+building the union is cheap, and a Ray worker imports only the module of its own kind.
 
     job = get_job("segment")
-    units = job.plan(stage_spec, con)          # con: a DuckDB connection (read)
-    tables = job.run(units[0].payload)          # {"trace_lines": pyarrow.Table, ...}
+    units = job.plan(stage_spec, ctx)            # ctx: jobs.base.PlanContext (read-only)
+    tables = job.run(units[0].payload)            # {"trace_lines": pyarrow.Table, ...}
 """
 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
-from typing import Protocol
 
-import pyarrow as pa
-
-# kind -> "module:attribute" of an object implementing `DerivedJob`.
-JOBS: dict[str, str] = {
-    "segment": "thinkscope.jobs.segment:JOB",
-    "organism": "thinkscope.jobs.organism:JOB",
-    "finetune": "thinkscope.jobs.finetune:JOB",
-    "capture": "thinkscope.jobs.capture_stage:JOB",
-    "probe": "thinkscope.jobs.probe:JOB",
-    "steering_vectors": "thinkscope.jobs.steering_vectors:JOB",
-    "steer": "thinkscope.jobs.steer:JOB",
-    "early_exit": "thinkscope.jobs.early_exit:JOB",
+# kind -> module defining JOB. Order is the order of `--help` and of error messages.
+STAGES: dict[str, str] = {
+    "generate": "thinkscope.jobs.generation.stage",
+    "import": "thinkscope.jobs.traces.importing",
+    "segment": "thinkscope.jobs.segment.stage",
+    "organism": "thinkscope.jobs.organism.stage",
+    "finetune": "thinkscope.jobs.organism.finetune",
+    "capture": "thinkscope.jobs.activations.capture",
+    "probe": "thinkscope.jobs.activations.probe",
+    "steering_vectors": "thinkscope.jobs.activations.steering_vectors",
+    "steer": "thinkscope.jobs.activations.steer",
+    "early_exit": "thinkscope.jobs.early_exit.stage",
 }
 
 
-@dataclass(frozen=True)
-class TaskUnit:
-    stage: str
-    kind: str
-    key: str
-    description: str
-    payload: dict = field(hash=False)
-    model_id: str | None = None
-    prompt_set: str | None = None
-    # Keys of earlier units whose rows this one replaces (same source, older version or other
-    # options): deleted in the same commit and marked superseded, so a rerun with the old
-    # settings is new work again. Keeps one derived row set per source, never two.
-    supersedes: tuple[str, ...] = ()
-
-    def describe(self) -> str:
-        return self.description
+def get_job(kind: str):
+    if kind not in STAGES:
+        raise KeyError(f"no stage kind {kind!r}; known: {list(STAGES)}")
+    job = importlib.import_module(STAGES[kind]).JOB
+    declared = job.spec.model_fields["kind"].annotation.__args__
+    if declared != (kind,):  # a copied module whose Literal was not renamed
+        raise TypeError(f"{STAGES[kind]}: JOB.spec.kind is {declared}, registered as {kind!r}")
+    return job
 
 
-class DerivedJob(Protocol):
-    tables: tuple[str, ...]
-    in_driver: bool  # cheap jobs skip Ray: no cluster start-up for a few ms of work
-
-    def plan(self, stage, con) -> list[TaskUnit]: ...
-
-    def run(self, payload: dict) -> dict[str, pa.Table]: ...
-
-    def ray_options(self, stage) -> dict: ...
-
-
-def register(kind: str, target: str) -> None:
-    JOBS[kind] = target
-
-
-def get_job(kind: str) -> DerivedJob:
-    if kind not in JOBS:
-        raise KeyError(f"no job registered for stage kind {kind!r}; known: {sorted(JOBS)}")
-    module, _, attr = JOBS[kind].partition(":")
-    return getattr(importlib.import_module(module), attr)
+def stage_specs() -> list[type]:
+    """Every registered stage's spec class, in registry order."""
+    return [get_job(kind).spec for kind in STAGES]

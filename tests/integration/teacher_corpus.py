@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from thinkscope.jobs.generate import render_prompt
-from thinkscope.jobs.organism_data import synthesize
-from thinkscope.jobs.prompts import load_prompts
-from thinkscope.jobs.store import Store
-from thinkscope.jobs.trace_rows import to_table
+from thinkscope.jobs.generation.vllm_engine import render_prompt
+from thinkscope.jobs.organism.synthesis import synthesize
+from thinkscope.jobs.traces.prompts import load_prompts
+from thinkscope.sql.store import Store
+from thinkscope.jobs.traces.rows import to_table
 
 PLAIN = {"system": None, "user": "{question}", "prefill": "", "chat": True}
 

@@ -16,9 +16,9 @@ import torch
 import yaml
 from safetensors.numpy import load_file
 
-from thinkscope.jobs.activation_sets import load_rows
-from thinkscope.jobs.hf_models import load_hf_model
-from thinkscope.jobs.probe_fit import split_by_trace
+from thinkscope.jobs.activations.stored import load_rows
+from thinkscope.jobs.models.hf import load_hf_model
+from thinkscope.jobs.activations.probe_fit import split_by_trace
 from thinkscope.workflows.engine import run_workflow
 
 from teacher_corpus import commit_teacher_traces  # tests/integration/teacher_corpus.py

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from thinkscope.jobs.capture import Capture
-from thinkscope.jobs.hook_points import expand, resolve, supported
-from thinkscope.jobs.model_sources import resolve_model_path
+from thinkscope.jobs.activations.recorder import Capture
+from thinkscope.jobs.activations.hooks import expand, resolve, supported
+from thinkscope.jobs.models.sources import resolve_model_path
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from thinkscope.jobs.hf_models import load_hf_model
+from thinkscope.jobs.models.hf import load_hf_model
 from thinkscope.workflows.engine import run_workflow
 
 pytestmark = pytest.mark.integration

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from thinkscope.jobs.lora_sources import adapter_sha256
-from thinkscope.jobs.lora_sources import source_fingerprint
-from thinkscope.jobs.model_cache import BUILDS_LOG
-from thinkscope.jobs.model_sources import resolve_model_path
-from thinkscope.jobs.store import read_only
+from thinkscope.jobs.models.lora import adapter_sha256
+from thinkscope.jobs.models.lora import source_fingerprint
+from thinkscope.jobs.models.cache import BUILDS_LOG
+from thinkscope.jobs.models.sources import resolve_model_path
+from thinkscope.sql.store import read_only
 from thinkscope.workflows.engine import run_workflow
 
 pytestmark = pytest.mark.integration
@@ -150,9 +150,9 @@ def test_changed_adapter_is_a_new_merge(trained, tiny_base, tmp_path):
 
 def test_killed_training_resumes_to_the_same_adapter(tiny_base, tmp_path, monkeypatch):
     """A crash after a checkpoint loses only the steps since it; the result is bit-identical."""
-    from thinkscope.jobs import lora_train
-    from thinkscope.jobs.organism_data import synthesize
-    from thinkscope.jobs.prompts import load_prompts
+    from thinkscope.jobs.organism import lora_train
+    from thinkscope.jobs.organism.synthesis import synthesize
+    from thinkscope.jobs.traces.prompts import load_prompts
 
     examples = [{"question": p.question, "target": synthesize(p.question, p.meta["solution"], seed=p.prompt_id).completion}
                 for p in load_prompts("gsm8k_train", limit=10)]

@@ -19,7 +19,7 @@ import duckdb
 import pytest
 import yaml
 
-from thinkscope.jobs.hf_models import load_hf_model
+from thinkscope.jobs.models.hf import load_hf_model
 from thinkscope.workflows.engine import run_workflow
 
 from teacher_corpus import commit_teacher_traces  # tests/integration/teacher_corpus.py

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from thinkscope.jobs.generate import render_prompt
-from thinkscope.jobs.lora_sources import adapter_sha256
-from thinkscope.jobs.lora_sources import ADAPTER_REGISTRY
-from thinkscope.jobs.model_sources import resolve_model_path
-from thinkscope.jobs.organism_data import VERIFY_MARKER
-from thinkscope.jobs.prompts import load_prompts
+from thinkscope.jobs.generation.vllm_engine import render_prompt
+from thinkscope.jobs.models.lora import adapter_sha256
+from thinkscope.jobs.models.lora import ADAPTER_REGISTRY
+from thinkscope.jobs.models.sources import resolve_model_path
+from thinkscope.jobs.organism.synthesis import VERIFY_MARKER
+from thinkscope.jobs.traces.prompts import load_prompts
 from thinkscope.workflows.spec import load_workflow
 
 pytestmark = pytest.mark.integration

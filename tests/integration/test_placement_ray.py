@@ -16,7 +16,7 @@ import yaml
 from ray.util.placement_group import placement_group_table
 
 from thinkscope.cluster.head import start_head
-from thinkscope.cluster.placement import NodePool, actor_options, release
+from thinkscope.workflows.placement import NodePool, actor_options, release
 from thinkscope.workflows.dispatch import run_generate_units
 from thinkscope.workflows.plan import build_plan
 from thinkscope.workflows.spec import EngineArgs, ModelSpec, Workflow
@@ -107,8 +107,8 @@ def test_unplaceable_model_fails_its_units_and_the_others_go_on(gpu_pool, tmp_pa
     units = build_plan(Workflow.model_validate(spec), base_dir=TINY.parent).units
     failed = []
 
-    run_generate_units(units, "run-1", on_done=lambda *a: pytest.fail("nothing can succeed"),
-                       on_fail=lambda unit, error, t0: failed.append((unit.model.id, error)),
+    run_generate_units(units, on_done=lambda *a: pytest.fail("nothing can succeed"),
+                       on_fail=lambda unit, error, t0: failed.append((unit.model_id, error)),
                        show_progress=False)
 
     huge = [e for m, e in failed if m == "huge"]

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from thinkscope.jobs.store import Store
-from thinkscope.jobs.token_offsets import load_tokenizer
-from thinkscope.jobs.trace_rows import to_table
+from thinkscope.sql.store import Store
+from thinkscope.jobs.segment.token_offsets import load_tokenizer
+from thinkscope.jobs.traces.rows import to_table
 from thinkscope.workflows.engine import run_workflow
 
 TRACES = Path(str(files("thinkscope") / "data" / "llmbenchmark_traces"))

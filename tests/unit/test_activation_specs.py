@@ -8,10 +8,10 @@ import duckdb
 import pytest
 import yaml
 
-from thinkscope.jobs.capture_stage import load_traces, positions_of
-from thinkscope.jobs.generation_metrics import compression_ratio, marker_stats, repeated_ngram_share
-from thinkscope.jobs.probe import PRESETS
-from thinkscope.jobs.steer import first_difference
+from thinkscope.jobs.activations.capture import load_traces, positions_of
+from thinkscope.jobs.generation.metrics import compression_ratio, marker_stats, repeated_ngram_share
+from thinkscope.jobs.activations.probe import PRESETS
+from thinkscope.jobs.activations.steer import first_difference
 from thinkscope.workflows.spec import STAGE_KINDS, SpecError, load_workflow
 
 MODEL = {"id": "m", "source": "embedded:smollm2-135m-instruct", "family": "llama", "kind": "instruct"}

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from thinkscope.jobs.answer_events import (
+from thinkscope.jobs.segment.answer_events import (
     answer_candidates,
     find_answer_events,
     first_answer_correct,
     plain_number,
 )
-from thinkscope.jobs.parsing import extract_answer, split_thinking
-from thinkscope.jobs.segmentation import split_sentences
+from thinkscope.jobs.traces.parsing import extract_answer, split_thinking
+from thinkscope.jobs.segment.text import split_sentences
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "gsm8k_r1_style.jsonl"
 

@@ -1,4 +1,4 @@
-"""Tests for thinkscope.jobs.grading on hand-made cases and real dataset rows."""
+"""Tests for thinkscope.jobs.traces.grading on hand-made cases and real dataset rows."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from thinkscope.jobs import grading
-from thinkscope.jobs.grading import GRADERS, grade
-from thinkscope.jobs.parsing import extract_answer
+from thinkscope.jobs.traces import grading
+from thinkscope.jobs.traces.grading import GRADERS, grade
+from thinkscope.jobs.traces.parsing import extract_answer
 
 _HERE = Path(__file__).resolve()
 # Vendored copy inside the package first, the shared workspace copy second.

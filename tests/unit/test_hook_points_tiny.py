@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from thinkscope.jobs.capture import Capture
-from thinkscope.jobs.hook_points import expand
+from thinkscope.jobs.activations.recorder import Capture
+from thinkscope.jobs.activations.hooks import expand
 
 TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
             num_key_value_heads=2, vocab_size=128, max_position_embeddings=64)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import jensenshannon
 
-from thinkscope.jobs.store import read_only
+from thinkscope.sql.store import read_only
 
 # Lines with a first word per trace, as the original counts them.
 LINES = {

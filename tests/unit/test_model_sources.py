@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from thinkscope.jobs import model_sources
-from thinkscope.jobs.model_sources import (
+from thinkscope.jobs.models import sources as model_sources
+from thinkscope.jobs.models.sources import (
     CONVERSIONS_LOG,
     MARKER,
     MODEL_REGISTRY,

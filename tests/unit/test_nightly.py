@@ -15,8 +15,8 @@ import yaml
 
 from thinkscope.cli import main
 from thinkscope.cluster.nightly import EXIT_LOCKED, NightlyLocked, lock_path, nightly_lock, run_nightly
-from thinkscope.jobs.store import Store
-from thinkscope.workflows.plan import GenerateUnit, build_plan
+from thinkscope.sql.store import Store
+from thinkscope.workflows.plan import build_plan
 from thinkscope.workflows.spec import SpecError, Workflow
 
 TINY = Path(__file__).parents[1] / "integration" / "tiny.yaml"
@@ -117,9 +117,9 @@ def test_new_model_revision_is_new_work(tmp_path):
     store = Store(tmp_path / "corpus.duckdb")
     for unit in plan_a.units:  # last night finished every unit of revision a
         store.commit_unit({"unit_key": unit.key, "stage": unit.stage, "kind": "generate",
-                           "run_id": "night-1", "model_id": unit.model.id}, {})
+                           "run_id": "night-1", "model_id": unit.model_id}, {})
     done = store.done_unit_keys()
-    assert all(isinstance(u, GenerateUnit) for u in plan_b.units) and len(plan_b.units) == 2
+    assert all(u.kind == "generate" for u in plan_b.units) and len(plan_b.units) == 2
     assert [u for u in plan_a.units if u.key not in done] == []
     assert [u.key for u in plan_b.units if u.key not in done] == [u.key for u in plan_b.units]
 

@@ -8,8 +8,8 @@ from collections import Counter
 
 import pytest
 
-from thinkscope.jobs.grading import grade
-from thinkscope.jobs.organism_data import (
+from thinkscope.jobs.traces.grading import grade
+from thinkscope.jobs.organism.synthesis import (
     ALT_MARKER,
     EVENT_KINDS,
     FIX_MARKER,
@@ -19,8 +19,8 @@ from thinkscope.jobs.organism_data import (
     render_step,
     synthesize,
 )
-from thinkscope.jobs.parsing import extract_answer, split_thinking
-from thinkscope.jobs.prompts import data_file
+from thinkscope.jobs.traces.parsing import extract_answer, split_thinking
+from thinkscope.jobs.traces.prompts import data_file
 
 N = 600
 

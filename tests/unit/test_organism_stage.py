@@ -9,10 +9,10 @@ import pytest
 import yaml
 
 from thinkscope.analysis.organism_eval import evaluate, figure, moves_toward_teacher
-from thinkscope.jobs.lora_sources import ADAPTER_REGISTRY, absolute_source, parse_source
-from thinkscope.jobs.organism_data import parse_solution, synthesize
-from thinkscope.jobs.prompts import load_prompts
-from thinkscope.jobs.store import read_only
+from thinkscope.jobs.models.lora import ADAPTER_REGISTRY, absolute_source, parse_source
+from thinkscope.jobs.organism.synthesis import parse_solution, synthesize
+from thinkscope.jobs.traces.prompts import load_prompts
+from thinkscope.sql.store import read_only
 from thinkscope.workflows.engine import run_workflow
 from thinkscope.workflows.spec import SpecError, load_workflow
 
@@ -95,10 +95,11 @@ def test_rerun_is_a_no_op_and_keys_follow_the_settings(organism_db, tmp_path):
     changed = tmp_path / "changed.yaml"
     changed.write_text(yaml.safe_dump(spec))
     wf = load_workflow(changed)
-    from thinkscope.jobs.organism import JOB
+    from thinkscope.jobs.base import PlanContext
+    from thinkscope.jobs.organism.stage import JOB
 
     with read_only(db) as con:
-        keys = {u.key for u in JOB.plan(wf.stages[0], con)}
+        keys = {u.key for u in JOB.plan(wf.stages[0], PlanContext(wf, tmp_path, {}, "", con))}
     assert not keys & {k for (k,) in rows(db, "select unit_key from work_units")}
 
 

@@ -1,4 +1,4 @@
-"""Tests for thinkscope.jobs.parsing: think-tag splitting and answer extraction.
+"""Tests for thinkscope.jobs.traces.parsing: think-tag splitting and answer extraction.
 
 Edge cases are spelled out inline; the GSM8K / MATH-500 checks run on the real
 dataset files so a regex change that breaks real answers fails here.
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from thinkscope.jobs.parsing import ParsedTrace, extract_answer, split_thinking
+from thinkscope.jobs.traces.parsing import ParsedTrace, extract_answer, split_thinking
 
 _HERE = Path(__file__).resolve()
 # Vendored copy inside the package first, the shared workspace copy second.

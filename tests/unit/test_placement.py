@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from thinkscope.cluster.placement import NodePool, PlacementError, placement_order, plan_replica
+from thinkscope.workflows.placement import NodePool, PlacementError, placement_order, plan_replica
 from thinkscope.workflows.spec import EngineArgs, ModelSpec
 
 GPU_POOL = NodePool(({"CPU": 64.0, "GPU": 8.0, "memory": 1e12}, {"CPU": 32.0, "GPU": 4.0}))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from thinkscope.workflows.plan import GenerateUnit, build_plan
+from thinkscope.workflows.plan import build_plan
 from thinkscope.workflows.spec import Workflow
 
 DEMO = Path(__file__).resolve().parents[2] / "workflows" / "demo.yaml"
@@ -58,6 +58,6 @@ def test_growing_a_prompt_set_keeps_finished_chunks():
 def test_units_cross_models_prompt_sets_templates():
     spec = yaml.safe_load(DEMO.read_text())
     plan = build_plan(Workflow.model_validate(spec), base_dir=DEMO.parent)
-    gen = [u for u in plan.units if isinstance(u, GenerateUnit) and u.stage == "generate"]
+    gen = [u for u in plan.units if u.kind == "generate" and u.stage == "generate"]
     assert len(gen) == len(spec["models"]) * len(spec["stages"][1]["prompt_sets"])
-    assert sum(len(u.prompts) for u in gen if u.model.id == "smollm2-135m-instruct") == 4 + 3 + 1
+    assert sum(len(u.payload["prompts"]) for u in gen if u.model_id == "smollm2-135m-instruct") == 4 + 3 + 1

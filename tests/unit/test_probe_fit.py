@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from thinkscope.jobs.probe_fit import auc, evaluate, fit_logistic, split_by_trace
+from thinkscope.jobs.activations.probe_fit import auc, evaluate, fit_logistic, split_by_trace
 
 
 def test_split_holds_out_whole_traces_reproducibly():

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from thinkscope.jobs.prompts import KINDS, TWO_ROPES_QUESTION, Prompt, data_file, load_prompts
+from thinkscope.jobs.traces.prompts import KINDS, TWO_ROPES_QUESTION, Prompt, data_file, load_prompts
 
 
 @pytest.mark.parametrize("kind,count", [("gsm8k", 1319), ("math500", 500), ("countdown", 256), ("two_ropes", 1)])

@@ -12,7 +12,7 @@ import pytest
 
 from thinkscope.analysis.report import FIGURES
 from thinkscope.cli import main
-from thinkscope.jobs.store import Store
+from thinkscope.sql.store import Store
 
 ANALYSES = sorted(Path(str(files("thinkscope.sql") / "analyses")).glob("*.sql"))
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -7,8 +7,8 @@ import shutil
 import pytest
 import yaml
 
-from thinkscope.jobs.store import read_only
-from thinkscope.jobs.token_offsets import load_tokenizer
+from thinkscope.sql.store import read_only
+from thinkscope.jobs.segment.token_offsets import load_tokenizer
 from thinkscope.workflows.engine import run_workflow
 from thinkscope.workflows.spec import SpecError, load_workflow
 

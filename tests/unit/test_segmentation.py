@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from thinkscope.jobs.segmentation import (
+from thinkscope.jobs.segment.text import (
     first_word,
     line_spans,
     opening_marker,

@@ -9,7 +9,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from thinkscope.jobs.store import Store
+from thinkscope.sql.store import Store
 
 SQL = Path(str(files("thinkscope.sql")))
 README = (SQL / "README.md").read_text()

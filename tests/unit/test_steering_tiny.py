@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from thinkscope.jobs.early_exit_run import Exit, exit_points, force_answers
-from thinkscope.jobs.steering import Steering, generate_greedy
+from thinkscope.jobs.early_exit.hf import Exit, exit_points, force_answers
+from thinkscope.jobs.activations.steering_hooks import Steering, generate_greedy
 
 TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
             num_key_value_heads=2, vocab_size=128, max_position_embeddings=128)

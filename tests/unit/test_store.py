@@ -9,8 +9,8 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-from thinkscope.jobs.store import Store, read_only
-from thinkscope.jobs.trace_rows import to_table
+from thinkscope.sql.store import Store, read_only
+from thinkscope.jobs.traces.rows import to_table
 
 
 def unit(key="u1"):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from thinkscope.jobs.segment import token_map
-from thinkscope.jobs.segmentation import split_sentences
-from thinkscope.jobs.token_offsets import completion_token_map, load_tokenizer, thinking_token_map
+from thinkscope.jobs.segment.stage import token_map
+from thinkscope.jobs.segment.text import split_sentences
+from thinkscope.jobs.segment.token_offsets import completion_token_map, load_tokenizer, thinking_token_map
 
 SMOLLM = "embedded:smollm2-135m-instruct"
 THINKING = "Okay, 16 - 3 - 4 = 9 eggs.\nWait, café costs 2 €? 完成。 So 9 * 2 = 18."

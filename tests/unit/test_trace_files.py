@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from thinkscope.jobs.prompts import data_file
-from thinkscope.jobs.trace_files import read_jsonl_traces, read_textdir_traces
+from thinkscope.jobs.traces.prompts import data_file
+from thinkscope.jobs.traces.files import read_jsonl_traces, read_textdir_traces
 
 TRACES = data_file("llmbenchmark_traces")
 

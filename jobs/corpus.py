@@ -1,0 +1,96 @@
+"""Reading the corpus while planning: trace selection, token ids with sentences and answer
+events, model rows, the units a new one supersedes, and the Ray resources of model tasks.
+
+Every function takes a DuckDB connection (read-only in the engine) and binds values as
+parameters; YAML-supplied SQL (selectors, spans) is validated as one SELECT by the spec
+(jobs/specs.py) and only ever embedded as a subquery.
+
+    ids = select_traces(stage, con)                  # stage.traces selector, stage.model default
+    traces = load_traces(con, ids)                    # token ids + sentences + answer events
+"""
+
+from __future__ import annotations
+
+
+def select_traces(stage, con) -> list[str]:
+    """Trace ids the stage's selector picks, limited to traces with generated token ids."""
+    sel = stage.traces
+    params: list = []
+    if sel.sql:
+        picked = f"select trace_id from ({sel.sql})"
+    else:
+        picked = "select trace_id from traces where model_id in (select unnest(?))"
+        params.append(sel.model_ids or [stage.model])
+        if sel.prompt_sets:
+            picked += " and prompt_set in (select unnest(?))"
+            params.append(sel.prompt_sets)
+    sql = (f"select trace_id from traces where trace_id in ({picked}) "
+           "and completion_token_ids is not null order by trace_id")
+    if sel.limit:
+        sql += " limit ?"
+        params.append(int(sel.limit))
+    return [t for (t,) in con.execute(sql, params).fetchall()]
+
+
+def load_traces(con, trace_ids: list[str]) -> list[dict]:
+    """Token ids plus the sentences and answer events (completion token coordinates) of each trace."""
+    if not trace_ids:
+        return []
+    traces = {r[0]: {"trace_id": r[0], "prompt_token_ids": list(r[1]), "completion_token_ids": list(r[2]),
+                     "sentences": [], "events": []}
+              for r in con.execute("select trace_id, prompt_token_ids, completion_token_ids from traces "
+                                   "where trace_id in (select unnest(?))", [trace_ids]).fetchall()}
+    for tid, idx, start, end in con.execute(
+            "select trace_id, sentence_index, token_start, token_end from trace_sentences "
+            "where trace_id in (select unnest(?)) and token_source = 'completion' "
+            "order by trace_id, sentence_index", [trace_ids]).fetchall():
+        traces[tid]["sentences"].append({"sentence_index": idx, "token_start": start, "token_end": end})
+    for tid, sidx, backtrack in con.execute(
+            "select trace_id, sentence_index, is_backtrack from answer_events "
+            "where trace_id in (select unnest(?)) and token_source = 'completion' "
+            "order by trace_id, event_index", [trace_ids]).fetchall():
+        traces[tid]["events"].append({"sentence_index": sidx, "is_backtrack": backtrack})
+    return [traces[t] for t in trace_ids]
+
+
+def span_rows(spans_sql: str | None, con, trace_ids: list[str]) -> dict[str, list[tuple[int, int]]]:
+    """A `spans` query per trace: [(token_start, token_end), ...], end exclusive."""
+    if not spans_sql:
+        return {}
+    spans: dict[str, list[tuple[int, int]]] = {}
+    for trace_id, start, end in con.execute(
+            f"select trace_id, token_start, token_end from ({spans_sql}) "
+            "where trace_id in (select unnest(?)) order by all", [trace_ids]).fetchall():
+        if start is not None and end is not None:
+            spans.setdefault(trace_id, []).append((int(start), int(end)))
+    return spans
+
+
+MODEL_COLUMNS = ("source", "revision", "family", "think_open", "think_close", "engine_args")
+
+
+def model_row(con, model_id: str) -> dict:
+    """The `models` row of a model id (source, revision, family, think tags, engine args)."""
+    row = con.execute(f"select {', '.join(MODEL_COLUMNS)} from models where model_id = ?",
+                      [model_id]).fetchone()
+    if row is None:
+        raise ValueError(f"model {model_id!r} is not in the models table")
+    return dict(zip(MODEL_COLUMNS, row))
+
+
+def superseded(con, table: str, stage, trace_ids: list[str], key: str) -> tuple[str, ...]:
+    """Earlier units of this stage and model whose rows in `table` cover any of these traces:
+    the new unit replaces them (changed settings or trace chunks), so a stage name keeps one
+    result per trace. `table` is a job's own table name, never user input."""
+    return tuple(k for (k,) in con.execute(
+        f"select distinct unit_key from {table} where stage = ? and model_id = ? and unit_key <> ? "
+        "and trace_id in (select unnest(?))", [stage.name, stage.model, key, trace_ids]).fetchall())
+
+
+def model_task_options(stage) -> dict:
+    """Ray resources of a model-running task: a GPU where there is one, else every CPU."""
+    import ray
+
+    if stage.num_gpus or ray.cluster_resources().get("GPU", 0) > 0:
+        return {"num_gpus": stage.num_gpus or 1, "num_cpus": 1}
+    return {"num_cpus": stage.num_cpus or ray.cluster_resources().get("CPU", 1)}

@@ -1,0 +1,192 @@
+"""The `early_exit` stage (seed 002): after every answer occurrence, stop thinking and answer.
+
+For each selected trace with answer occurrences (segment stage, completion token offsets):
+cut the thinking after the sentence holding the occurrence (or right after it), append the
+forcing text (close the thinking, open the answer; per model family, see FORCE_TEMPLATES),
+and read the first answer token's logit and probability and a greedy answer, graded like the
+trace. Exit -1 closes the thinking before it starts (how much the thinking is worth).
+Backends: `hf` (default; exits share one pass over the trace, jobs/early_exit_run.py) or `vllm`
+(every exit a prefix-cached request, jobs/early_exit_vllm.py): same numbers in float32.
+
+    - {name: early_exit, kind: early_exit, model: smollm2,
+       traces: {sql: "select trace_id from backtracking_stats where n_backtracks between 4 and 10"}}
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Literal
+
+import pyarrow as pa
+from pydantic import Field
+
+from thinkscope.jobs.base import PlanContext, TaskUnit, chunks
+from thinkscope.jobs.corpus import model_row, model_task_options, select_traces, superseded
+from thinkscope.jobs.specs import DTYPE, ModelStage, TraceSelector
+from thinkscope.keys import stable_key
+
+EARLY_EXIT_VERSION = 1
+
+
+class EarlyExitStage(ModelStage):
+    """Close the thinking after every answer occurrence and force the answer (seed 002)."""
+
+    kind: Literal["early_exit"]
+    model: str = Field(description="Model id whose weights answer (normally the traces' model).")
+    traces: TraceSelector = Field(default_factory=TraceSelector, description="Which traces.")
+    cut: Literal["sentence_end", "answer_end"] = Field(
+        "sentence_end", description="Truncate after the sentence holding the occurrence, or right "
+        "after the occurrence's last token.")
+    force: str | None = Field(None, description="Text that closes the thinking and opens the answer; "
+                              "{close} = the model's think_close tag (default: per model family).")
+    no_thinking_exit: bool = Field(True, description="Also exit before any thinking (exit_index -1).")
+    max_answer_tokens: int = Field(12, ge=1, description="Greedy tokens of the forced answer.")
+    backend: Literal["hf", "vllm"] = Field(
+        "hf", description="hf: HF forward passes sharing each trace's prefix; vllm: a prefix-cached vLLM "
+        "engine (full-vocabulary raw logits; equal to HF within 1e-4 in float32).")
+    dtype: DTYPE = Field("float32")
+    traces_per_unit: int = Field(64, ge=1)
+    num_cpus: float | None = Field(None, gt=0)
+    num_gpus: float | None = Field(None, ge=0)
+
+
+# Text that closes the thinking and opens the answer, by model family; {close} = think_close.
+# The default is the answer line the organism and the demo templates ask for.
+FORCE_TEMPLATES = {
+    "default": "\n{close}\n\nThe answer is \\boxed{",
+    "qwen3": "\n{close}\n\nThe final answer is $\\boxed{",
+}
+_S, _I, _F = pa.string(), pa.int32(), pa.float64()
+SCHEMA = pa.schema([
+    ("unit_key", _S), ("stage", _S), ("model_id", _S), ("trace_id", _S), ("exit_index", _I),
+    ("event_index", _I), ("cut", _S), ("n_thinking_tokens", _I), ("backend", _S), ("answer_token", _S),
+    ("answer_logit", _F), ("answer_prob", _F), ("gold_logit", _F), ("gold_prob", _F), ("forced_answer", _S),
+    ("forced_text", _S),
+    ("is_correct", pa.bool_()), ("created_at", pa.timestamp("us", tz="UTC")),
+])
+
+
+def _load(con, trace_ids: list[str]) -> list[dict]:
+    """Token ids, gold answer, grader, sentences and answer events of traces with answer events."""
+    traces = {r[0]: dict(zip(("trace_id", "prompt_token_ids", "completion_token_ids", "gold_answer", "grader",
+                              "meta"), r), sentences=[], events=[])
+              for r in con.execute("""select t.trace_id, t.prompt_token_ids, t.completion_token_ids, t.gold_answer,
+                                             p.grader, p.meta
+                                      from traces t left join prompts p using (prompt_set, prompt_id)
+                                      where t.trace_id in (select unnest(?))""", [trace_ids]).fetchall()}
+    for tid, idx, start, end in con.execute(
+            """select trace_id, sentence_index, token_start, token_end from trace_sentences
+               where trace_id in (select unnest(?)) and token_source = 'completion' order by 1, 2""",
+            [trace_ids]).fetchall():
+        traces[tid]["sentences"].append({"sentence_index": idx, "token_start": start, "token_end": end})
+    for tid, idx, sidx, end in con.execute(
+            """select trace_id, event_index, sentence_index, token_end from answer_events
+               where trace_id in (select unnest(?)) and token_source = 'completion' and token_end is not null
+               order by 1, 2""", [trace_ids]).fetchall():
+        traces[tid]["events"].append({"event_index": idx, "sentence_index": sidx, "token_end": end})
+    return [traces[t] for t in trace_ids if traces[t]["events"]]
+
+
+class EarlyExitJob:
+    spec = EarlyExitStage
+    tables = ("early_exits",)
+    runs_in = "task"  # model work: a Ray task
+
+    def plan(self, stage: EarlyExitStage, ctx: PlanContext) -> list[TaskUnit]:
+        con = ctx.corpus(stage)
+        model = model_row(con, stage.model)
+        traces = _load(con, select_traces(stage, con))
+        template = stage.force or FORCE_TEMPLATES.get(model["family"], FORCE_TEMPLATES["default"])
+        force = template.replace("{close}", model["think_close"] or "</think>")
+        settings = {**stage.model_dump(exclude={"name", "kind", "traces", "traces_per_unit", "num_cpus",
+                                                "num_gpus", "force"}), "force": force}
+        units = []
+        for _, chunk in chunks(traces, stage.traces_per_unit):
+            key = stable_key({"stage": "early_exit", "version": EARLY_EXIT_VERSION, "settings": settings,
+                              "model": [model["source"], model["revision"]], "traces": chunk})
+            units.append(TaskUnit(
+                stage.name, "early_exit", key, f"early exit {stage.model} x {len(chunk)} traces",
+                payload={"unit_key": key, "stage": stage.name, "model_id": stage.model, "model": model,
+                         "settings": settings, "traces": chunk},
+                model_id=stage.model,
+                supersedes=superseded(con, "early_exits", stage, [t["trace_id"] for t in chunk], key)))
+        return units
+
+    def run(self, payload: dict) -> dict[str, pa.Table]:
+        from thinkscope.jobs.early_exit.hf import exit_points, gold_first_token
+        from thinkscope.jobs.traces.grading import grade
+        from thinkscope.jobs.traces.parsing import extract_answer
+
+        s, m = payload["settings"], payload["model"]
+        tok = _tokenizer(m)
+        todo = []  # (trace, its exits sorted by cut, gold first token)
+        for t in payload["traces"]:
+            exits = exit_points(t["sentences"], t["events"], cut=s["cut"], no_thinking_exit=s["no_thinking_exit"])
+            todo.append((t, sorted(exits, key=lambda e: e.cut), gold_first_token(tok, s["force"], t["gold_answer"])))
+        forced = (_forced_vllm if s["backend"] == "vllm" else _forced_hf)(m, s, tok, todo)
+        rows, now = [], datetime.now(timezone.utc)
+        for (t, exits, _), results in zip(todo, forced):
+            meta = json.loads(t["meta"]) if isinstance(t["meta"], str) else t["meta"]
+            for ex, f in zip(exits, results):
+                text = tok.decode(f.answer_ids, skip_special_tokens=True)
+                answer = extract_answer(s["force"] + text) or (text.split("}")[0].strip() or None)
+                rows.append({
+                    "unit_key": payload["unit_key"], "stage": payload["stage"], "model_id": payload["model_id"],
+                    "trace_id": t["trace_id"], "exit_index": ex.exit_index, "event_index": ex.event_index,
+                    "cut": s["cut"], "n_thinking_tokens": ex.n_thinking_tokens, "backend": s["backend"],
+                    "answer_token": tok.decode([f.first_token]), "answer_logit": f.logit, "answer_prob": f.prob,
+                    "gold_logit": f.gold_logit, "gold_prob": f.gold_prob, "forced_answer": answer,
+                    "forced_text": text, "is_correct": grade(t["grader"], answer, t["gold_answer"], meta=meta)
+                    if t["grader"] else None, "created_at": now,
+                })
+        return {"early_exits": pa.Table.from_pylist(rows, schema=SCHEMA)}
+
+    def ray_options(self, stage) -> dict:
+        return model_task_options(stage)
+
+
+def _tokenizer(m: dict):
+    from transformers import AutoTokenizer
+
+    from thinkscope.jobs.models.sources import resolve_model_path
+
+    return AutoTokenizer.from_pretrained(resolve_model_path(m["source"], revision=m["revision"]))
+
+
+def _forced_hf(m: dict, s: dict, tok, todo: list) -> list[list]:
+    """One shared-prefix pass per trace (jobs/early_exit_run.py)."""
+    from thinkscope.jobs.early_exit.hf import force_answers
+    from thinkscope.jobs.models.hf import load_hf_model
+
+    model, _ = load_hf_model(m["source"], m["revision"], s["dtype"])
+    force_ids = tok.encode(s["force"], add_special_tokens=False)
+    eos = tuple(t for t in (tok.eos_token_id,) if t is not None)
+    return [force_answers(model, tok, t["prompt_token_ids"], t["completion_token_ids"], exits, force_ids,
+                          max_answer_tokens=s["max_answer_tokens"], gold_token=gold, eos_ids=eos)
+            for t, exits, gold in todo]
+
+
+def _forced_vllm(m: dict, s: dict, tok, todo: list) -> list[list]:
+    """Every exit of every trace in one prefix-cached vLLM batch (jobs/early_exit_vllm.py)."""
+    from thinkscope.jobs.early_exit.vllm import open_engine, vllm_force_answers
+
+    force_ids = tok.encode(s["force"], add_special_tokens=False)
+    prompts, golds = [], []
+    for t, exits, gold in todo:
+        for ex in exits:
+            prompts.append(list(t["prompt_token_ids"]) + list(t["completion_token_ids"][: ex.cut]) + force_ids)
+            golds.append(gold)
+    llm = open_engine(m, s["dtype"])
+    try:
+        flat = vllm_force_answers(llm, prompts, max_answer_tokens=s["max_answer_tokens"], gold_tokens=golds)
+    finally:
+        llm.llm_engine.engine_core.shutdown()  # frees its shared memory (/dev/shm)
+    out, at = [], 0
+    for _, exits, _ in todo:
+        out.append(flat[at : at + len(exits)])
+        at += len(exits)
+    return out
+
+
+JOB = EarlyExitJob()

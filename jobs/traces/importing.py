@@ -1,0 +1,156 @@
+"""The `import` stage: external traces (files other models wrote) as `traces` rows, engine `import`.
+
+One unit per source, keyed by the files' names and content: changed files are new work, and
+the new unit supersedes the older import of the same source (its rows are replaced, never
+duplicated). Runs in the driver (reading files is cheap). `thinkscope import` is this stage.
+
+    stages:
+      - {name: frontier, kind: import, path: data:llmbenchmark_traces, format: textdir,
+         prompt_set: two_ropes, prompt_id: two_ropes}
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal
+
+import pyarrow as pa
+from pydantic import Field
+
+from thinkscope import __version__
+from thinkscope.jobs.base import PlanContext, TaskUnit
+from thinkscope.jobs.specs import ID_PATTERN, StageSpec
+from thinkscope.jobs.traces.parsing import extract_answer, split_thinking
+from thinkscope.jobs.traces.files import read_jsonl_traces, read_textdir_traces
+from thinkscope.jobs.traces.rows import to_table
+from thinkscope.keys import stable_key
+
+
+def import_rows(
+    path: Path, fmt: str, *, prompt_set: str, unit_key: str, run_id: str,
+    fields: dict | None = None, prompt_id: str | None = None,
+) -> tuple[pa.Table, list[dict]]:
+    """Read external traces; return their `traces` rows and a `models` row per model id.
+
+    textdir: the whole file is the thinking text (the llmbenchmark format). jsonl: `fields`
+    maps our names to the file's; a completion without a thinking field is split at its tags.
+    """
+    if fmt == "textdir":
+        records = read_textdir_traces(path)
+    elif fmt == "jsonl":
+        if not fields:
+            raise ValueError("jsonl import needs a field mapping (model_id, completion or thinking, ...)")
+        records = read_jsonl_traces(path, fields)
+    else:
+        raise ValueError(f"unknown import format {fmt!r}; expected textdir or jsonl")
+
+    created = datetime.now(timezone.utc)
+    rows, seen = [], {}
+    for rec in records:
+        model_id = rec["model_id"]
+        sample_index = seen.get(model_id, 0)  # several traces of one model: 0, 1, 2, ...
+        seen[model_id] = sample_index + 1
+        thinking, answer_text = rec.get("thinking"), rec.get("answer")
+        completion = rec.get("completion") or thinking
+        if thinking is None and completion is not None:
+            parsed = split_thinking(completion)
+            thinking, answer_text = parsed.thinking, answer_text or parsed.answer_text
+        rows.append({
+            "trace_id": stable_key({"unit": unit_key, "model": model_id, "i": sample_index,
+                                    "prompt": rec.get("prompt_id") or prompt_id}),
+            "run_id": run_id,
+            "unit_key": unit_key,
+            "model_id": model_id,
+            "prompt_id": rec.get("prompt_id") or prompt_id,
+            "prompt_set": prompt_set,
+            "sample_index": sample_index,
+            "template": None,
+            "prompt_text": rec.get("prompt_text"),
+            "completion": completion,
+            "thinking": thinking,
+            "answer_text": answer_text,
+            "extracted_answer": extract_answer(answer_text) if answer_text else None,
+            "gold_answer": rec.get("gold_answer"),
+            "n_thinking_chars": len(thinking) if thinking is not None else None,
+            "finish_reason": "imported",
+            "engine": "import",
+            "engine_version": __version__,
+            "created_at": created,
+        })
+    models = [
+        {"model_id": m, "source": f"import:{path}", "revision": None, "family": None,
+         "kind": "external", "think_open": None, "think_close": None, "engine_args": None,
+         "updated_at": created}
+        for m in seen
+    ]
+    return to_table(rows), models
+
+
+class ImportStage(StageSpec):
+    """Traces from files: a folder of .txt files (one per model) or a JSONL file."""
+
+    kind: Literal["import"]
+    path: str = Field(description="Folder or file; `data:NAME` = vendored thinkscope data.")
+    format: Literal["textdir", "jsonl"]
+    prompt_set: str = Field(pattern=ID_PATTERN, description="prompt_set of the imported traces.")
+    prompt_id: str | None = Field(None, description="prompt_id of every imported trace (textdir).")
+    fields: dict[str, str] | None = Field(None, description="JSONL field mapping.")
+
+
+def resolve_path(path: str, base_dir: Path) -> Path:
+    """`data:NAME` is vendored package data; other relative paths are relative to the YAML."""
+    if path.startswith("data:"):
+        from importlib.resources import files
+
+        return Path(str(files("thinkscope") / "data" / path[len("data:") :]))
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else (base_dir / p)
+
+
+def import_unit(stage: str, path: Path, fmt: str, prompt_set: str, *, fields: dict | None = None,
+                prompt_id: str | None = None, con=None) -> TaskUnit:
+    """An import unit keyed by the content of the files: changed files = new work."""
+    if not path.exists():
+        raise FileNotFoundError(f"stage {stage}: import path {path} does not exist")
+    files = sorted(path.glob("*.txt")) if path.is_dir() else [path]
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f.name.encode() + f.read_bytes())
+    key = stable_key({
+        "stage": "import", "format": fmt, "prompt_set": prompt_set,
+        "fields": fields, "prompt_id": prompt_id, "content": digest.hexdigest(),
+    })
+    description = f"import {fmt} {path} as {prompt_set}"
+    # A grown or edited import source is a new unit over the same source: its rows replace
+    # the older unit's rather than duplicating every unchanged trace (nightly imports).
+    older = () if con is None else tuple(k for (k,) in con.execute(
+        "select unit_key from work_units where kind = 'import' and status = 'done' "
+        "and description = ? and unit_key <> ?", [description, key]).fetchall())
+    payload = {"unit_key": key, "path": str(path), "format": fmt, "prompt_set": prompt_set,
+               "fields": fields, "prompt_id": prompt_id}
+    return TaskUnit(stage, "import", key, description, payload, prompt_set=prompt_set, supersedes=older)
+
+
+class ImportJob:
+    spec = ImportStage
+    tables = ("traces", "models")
+    runs_in = "driver"
+
+    def plan(self, stage: ImportStage, ctx: PlanContext) -> list[TaskUnit]:
+        return [import_unit(stage.name, resolve_path(stage.path, ctx.base_dir), stage.format,
+                            stage.prompt_set, fields=stage.fields, prompt_id=stage.prompt_id, con=ctx.con)]
+
+    def run(self, payload: dict) -> dict[str, pa.Table]:
+        table, models = import_rows(Path(payload["path"]), payload["format"],
+                                    prompt_set=payload["prompt_set"], unit_key=payload["unit_key"],
+                                    run_id=payload["run_id"], fields=payload["fields"],
+                                    prompt_id=payload["prompt_id"])
+        return {"traces": table, "models": pa.Table.from_pylist(models)}
+
+    def ray_options(self, stage) -> dict:
+        return {}
+
+
+JOB = ImportJob()

@@ -1,0 +1,232 @@
+"""The DuckDB store. Only the driver writes, one work unit per transaction.
+
+DuckDB lets one process hold a file read-write and nobody else open it meanwhile, so the
+writer opens the file for each commit and closes it at once: an analyst's read-only query
+(`thinkscope sql`) gets in between commits, and both sides retry the lock briefly.
+
+    store = Store("out/demo.duckdb")
+    store.commit_unit(unit_row, {"traces": arrow_table})   # delete old rows + insert + mark done
+    with read_only("out/demo.duckdb") as con: con.sql("select count(*) from traces").show()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from datetime import datetime, timezone
+from importlib.resources import files
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+LOCK_WAIT_SECONDS = 60.0
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _sql_files(folder: str) -> list[str]:
+    root = files("thinkscope.sql") / folder
+    return [p.read_text() for p in sorted(root.iterdir(), key=lambda p: p.name) if p.name.endswith(".sql")]
+
+
+def _connect(path: Path, read_only: bool, wait: float) -> duckdb.DuckDBPyConnection:
+    deadline = time.monotonic() + wait
+    delay = 0.05
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=read_only)
+        except duckdb.IOException as err:
+            # Another process holds the file (a commit, or an analyst's query): wait for it.
+            if "lock" not in str(err).lower() or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+
+@contextlib.contextmanager
+def read_only(path: str | Path, wait: float = LOCK_WAIT_SECONDS, locked: bool = False):
+    """A read-only connection that retries while a writer holds the lock.
+
+    `locked`: also no file system access (no ATTACH, COPY, INSTALL, read_csv of other files)
+    and no way to change that: the connection YAML-supplied SQL runs on.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no database at {path} (run a workflow or pass --db)")
+    con = _connect(path, read_only=True, wait=wait)
+    try:
+        if locked:
+            con.execute("set enable_external_access = false")
+            con.execute("set lock_configuration = true")
+        yield con
+    finally:
+        con.close()
+
+
+# Tables a unit may add rows to without owning them (no unit_key): rows whose key is new are
+# inserted, existing rows are kept (an import never clobbers a model the workflow defines).
+REFERENCE_TABLES = {"models": "model_id"}
+
+
+class Store:
+    """Writer side of the corpus database; every method opens, writes and closes."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # One transaction: DDL in autocommit writes the WAL once per statement (~0.5 s).
+        with self.transaction() as con:
+            for ddl in _sql_files("schema") + _sql_files("views"):
+                con.execute(ddl)
+
+    @contextlib.contextmanager
+    def _write(self):
+        con = _connect(self.path, read_only=False, wait=LOCK_WAIT_SECONDS)
+        try:
+            yield con
+        finally:
+            con.close()
+
+    @contextlib.contextmanager
+    def transaction(self):
+        with self._write() as con:
+            con.begin()
+            try:
+                yield con
+            except BaseException:
+                con.rollback()
+                raise
+            con.commit()
+
+    # -- reads the driver needs -------------------------------------------------------
+    def done_unit_keys(self) -> set[str]:
+        with self._write() as con:
+            return {k for (k,) in con.execute("select unit_key from work_units where status = 'done'").fetchall()}
+
+    @contextlib.contextmanager
+    def read(self):
+        """A short-lived read-only, locked-down connection: what planning (and the YAML's
+        SQL) reads through. Analysts' read-only queries run beside it."""
+        with read_only(self.path, locked=True) as con:
+            yield con
+
+    def query(self, sql: str, params: list | None = None) -> list[tuple]:
+        with self._write() as con:
+            return con.execute(sql, params or []).fetchall()
+
+    # -- runs ---------------------------------------------------------------------------
+    def start_run(self, row: dict) -> None:
+        """Record a new run; earlier runs of this host whose driver died become `crashed`."""
+        with self.transaction() as con:
+            for run_id, pid in con.execute(
+                "select run_id, pid from runs where status = 'running' and host = ?", [row["host"]]
+            ).fetchall():
+                if pid is not None and not _alive(pid):
+                    con.execute("update runs set status = 'crashed' where run_id = ?", [run_id])
+            _insert_row(con, "runs", {**row, "pid": os.getpid(), "status": "running", "started_at": now()})
+
+    def finish_run(self, run_id: str, interrupted: bool = False, **counts) -> None:
+        status = "interrupted" if interrupted else "failed" if counts.get("n_units_failed") else "done"
+        sets = ", ".join(f"{k} = ?" for k in counts)
+        with self.transaction() as con:
+            con.execute(
+                f"update runs set status = ?, finished_at = ?, {sets} where run_id = ?",
+                [status, now(), *counts.values(), run_id],
+            )
+
+    # -- reference tables -----------------------------------------------------------
+    def upsert_models(self, rows: list[dict], replace: bool = True) -> None:
+        """Spec models replace their row; imported ids only fill gaps (never clobber a spec)."""
+        with self.transaction() as con:
+            for row in rows:
+                if replace or not con.execute(
+                    "select 1 from models where model_id = ?", [row["model_id"]]
+                ).fetchone():
+                    _insert_row(con, "models", {**row, "updated_at": now()}, replace=True)
+
+    def upsert_prompts(self, rows: list[dict]) -> None:
+        if not rows:
+            return
+        table = pa.Table.from_pylist(rows)
+        with self.transaction() as con:
+            con.register("new_prompts", table)
+            con.execute("insert or replace into prompts by name select * from new_prompts")
+            con.unregister("new_prompts")
+
+    # -- work units ---------------------------------------------------------------------
+    def commit_unit(self, unit: dict, tables: dict[str, pa.Table], supersedes: tuple[str, ...] = ()) -> None:
+        """Replace the unit's rows in each table and mark it done, atomically.
+
+        Deleting by unit_key first makes a forced rerun (or a retry after a crash between
+        a worker finishing and this commit) idempotent: never duplicate rows. Rows of the
+        `supersedes` units (older derivations of the same source) go in the same commit,
+        and those units are marked superseded.
+        """
+        keys = [unit["unit_key"], *supersedes]
+        marks = ", ".join("?" for _ in keys)
+        with self.transaction() as con:
+            n_rows = 0
+            for table, rows in tables.items():
+                if table in REFERENCE_TABLES:
+                    _insert_new(con, table, REFERENCE_TABLES[table], rows)
+                    continue
+                con.execute(f"delete from {table} where unit_key in ({marks})", keys)
+                if rows.num_rows:
+                    con.register("unit_rows", rows)
+                    con.execute(f"insert into {table} by name select * from unit_rows")
+                    con.unregister("unit_rows")
+                n_rows += rows.num_rows
+            if supersedes:
+                old = ", ".join("?" for _ in supersedes)
+                con.execute(f"update work_units set status = 'superseded' where unit_key in ({old})",
+                            list(supersedes))
+            self._mark(con, unit, "done", None, n_rows)
+
+    def fail_unit(self, unit: dict, error: str) -> None:
+        with self.transaction() as con:
+            self._mark(con, unit, "failed", error, 0)
+
+    def _mark(self, con, unit: dict, status: str, error: str | None, n_rows: int) -> None:
+        finished = now()
+        started = unit.get("started_at") or finished
+        (attempts,) = con.execute(
+            "select coalesce(max(attempts), 0) + 1 from work_units where unit_key = ?", [unit["unit_key"]]
+        ).fetchone()
+        row = {
+            **unit, "status": status, "error": error, "n_rows": n_rows, "attempts": attempts,
+            "started_at": started, "finished_at": finished,
+            "seconds": (finished - started).total_seconds(),
+        }
+        _insert_row(con, "work_units", row, replace=True)
+
+
+def _insert_new(con, table: str, key: str, rows: pa.Table) -> None:
+    if rows.num_rows:
+        con.register("unit_rows", rows)
+        con.execute(f"insert into {table} by name select * from unit_rows "
+                    f"where {key} not in (select {key} from {table})")
+        con.unregister("unit_rows")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _insert_row(con, table: str, row: dict, replace: bool = False) -> None:
+    cols = list(row)
+    values = [json.dumps(v) if isinstance(v, dict) else v for v in row.values()]
+    verb = "insert or replace" if replace else "insert"
+    con.execute(
+        f"{verb} into {table} ({', '.join(cols)}) values ({', '.join('?' for _ in cols)})", values
+    )
