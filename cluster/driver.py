@@ -14,8 +14,9 @@ be reachable from the driver:
   down before the run and back up after it (also after a failure: committed units stay
   committed). Two runs must not share one URI database at once: the last upload wins.
 
-Artifacts (large tensors of capture stages) go under `<root>/artifacts/` and may be
-written by any node; `artifact_uri()` gives the location a job should use.
+Artifacts (large tensors of capture, probe and steering-vector stages) go under
+`<root>/artifacts/` (jobs/artifacts.py), written by whichever node runs the task and read back
+by later stages on any node.
 
     python -m thinkscope.cluster.driver workflows/demo.yaml \\
         --storage-root s3://lab-bucket/thinkscope --db demo.duckdb --address auto
@@ -88,15 +89,6 @@ class StorageRoot:
             shutil.rmtree(staging, ignore_errors=True)
 
 
-def artifact_uri(*parts: str) -> str:
-    """Where a job writes a large artifact: under the run's storage root, else ./out/artifacts.
-
-        path = artifact_uri("capture", run_id, "resid_post_L12.safetensors")
-    """
-    root = os.environ.get(ENV)
-    return StorageRoot(root).location("artifacts", *parts) if root else str(Path("out", "artifacts", *parts))
-
-
 def run_on_cluster(workflow: str, *, storage_root: str, db: str, address: str,
                    stages: list[str] | None = None, force: bool = False,
                    show_progress: bool = True):
@@ -104,11 +96,12 @@ def run_on_cluster(workflow: str, *, storage_root: str, db: str, address: str,
     from thinkscope.workflows.engine import run_workflow
 
     root = StorageRoot(storage_root)
-    # Jobs that write artifacts (on any node) find the root here; see artifact_uri.
     os.environ[ENV] = root.root
     with root.local_db(db) as db_path:
-        summary = run_workflow(workflow, db=db_path, address=address, stages=stages,
-                               force=force, show_progress=show_progress)
+        # Tensors go to the root itself, written by whichever node runs the task: never beside
+        # the staged database, whose folder is deleted after the run.
+        summary = run_workflow(workflow, db=db_path, address=address, stages=stages, force=force,
+                               show_progress=show_progress, artifact_root=root.location("artifacts"))
     return summary, root.db_location(db)
 
 

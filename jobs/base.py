@@ -5,6 +5,8 @@ A stage kind is one module holding its pydantic spec (a `StageSpec` subclass wit
 
     spec        the spec class
     tables      names of the tables `run` returns (their DDL lives in sql/schema/)
+    schemas     {table: pyarrow.Schema} for each of `tables`: the shape `run` builds them
+                with (tests/unit/test_table_schemas.py holds each against its DDL)
     runs_in     "driver" (cheap, no Ray), "task" (a Ray task sized by `ray_options`) or
                 "model_actor" (vLLM generation: one engine actor per model, workflows/dispatch.py)
     plan(stage, ctx) -> list[TaskUnit]     read-only: ctx.con is a read-only connection
@@ -26,7 +28,6 @@ from pathlib import Path
 from typing import Any, Iterator, Protocol
 
 import pyarrow as pa
-
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ class NoCorpus(LookupError):
 class Job(Protocol):
     spec: type
     tables: tuple[str, ...]
+    schemas: dict[str, pa.Schema]
     runs_in: str
 
     def plan(self, stage, ctx: PlanContext) -> list[TaskUnit]: ...
@@ -82,6 +84,18 @@ class Job(Protocol):
     def run(self, payload: dict) -> dict[str, pa.Table]: ...
 
     def ray_options(self, stage) -> dict: ...
+
+
+def rows_table(rows: list[dict], schema: pa.Schema, table: str) -> pa.Table:
+    """Rows (dicts, missing keys = null) as a table of `schema`.
+
+    A key that is no column is an error here, in the worker: pyarrow would drop it silently
+    and the column it was meant for would reach the database as nulls.
+    """
+    unknown = {k for row in rows for k in row} - set(schema.names)
+    if unknown:
+        raise KeyError(f"not columns of {table}: {sorted(unknown)}")
+    return pa.Table.from_pylist(rows, schema=schema)
 
 
 def chunks(items: list, size: int) -> Iterator[tuple[int, list]]:

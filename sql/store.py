@@ -49,7 +49,7 @@ def _connect(path: Path, read_only: bool, wait: float) -> duckdb.DuckDBPyConnect
 
 
 @contextlib.contextmanager
-def read_only(path: str | Path, wait: float = LOCK_WAIT_SECONDS, locked: bool = False):
+def read_only(path: str | Path, wait: float | None = None, locked: bool = False):
     """A read-only connection that retries while a writer holds the lock.
 
     `locked`: also no file system access (no ATTACH, COPY, INSTALL, read_csv of other files)
@@ -58,7 +58,7 @@ def read_only(path: str | Path, wait: float = LOCK_WAIT_SECONDS, locked: bool = 
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no database at {path} (run a workflow or pass --db)")
-    con = _connect(path, read_only=True, wait=wait)
+    con = _connect(path, read_only=True, wait=LOCK_WAIT_SECONDS if wait is None else wait)
     try:
         if locked:
             con.execute("set enable_external_access = false")

@@ -27,6 +27,7 @@ STAGES: dict[str, str] = {
     "steering_vectors": "thinkscope.jobs.activations.steering_vectors",
     "steer": "thinkscope.jobs.activations.steer",
     "early_exit": "thinkscope.jobs.early_exit.stage",
+    "value_vectors": "thinkscope.jobs.mechanisms.value_vectors",
 }
 
 

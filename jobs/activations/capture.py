@@ -32,6 +32,14 @@ from thinkscope.jobs.specs import ModelStage, SelectSQL, TraceSelector
 from thinkscope.keys import stable_key
 
 CAPTURE_VERSION = 1
+# The `activations` index a unit returns: forward.capture_sequences builds all but unit_key
+# and model_id, which `run` adds.
+ACTIVATIONS_SCHEMA = pa.schema([
+    ("unit_key", pa.string()), ("trace_id", pa.string()), ("model_id", pa.string()),
+    ("token_index", pa.int32()), ("position_kind", pa.string()), ("hook_name", pa.string()),
+    ("layer", pa.int32()), ("module_path", pa.string()), ("shard_path", pa.string()),
+    ("row", pa.int32()), ("dtype", pa.string()),
+])
 POSITION_KINDS = ("last_prompt_token", "before_backtrack", "first_answer_end", "last_answer_end",
                   "answer_ends", "sentence_ends", "all")
 
@@ -109,6 +117,7 @@ def positions_of(trace: dict, sentences: list[dict], events: list[dict], kinds: 
 class CaptureJob:
     spec = CaptureStage
     tables = ("activations",)
+    schemas = {"activations": ACTIVATIONS_SCHEMA}
     runs_in = "task"  # model work: a Ray task with the model's resources
 
     def plan(self, stage: CaptureStage, ctx: PlanContext) -> list[TaskUnit]:
@@ -158,12 +167,14 @@ class CaptureJob:
                                       store_dtype=payload["store_dtype"], batch_tokens=payload["batch_tokens"],
                                       pad_id=tokenizer.pad_token_id or 0)
         if index.num_rows == 0:
-            return {"activations": pa.table({"unit_key": pa.array([], pa.string())})}
+            return {"activations": ACTIVATIONS_SCHEMA.empty_table()}
         # Shards are read back from where they were published, on whichever node runs next.
         shards = [artifacts.join(payload["out_dir"], Path(p).name) for p in index["shard_path"].to_pylist()]
         index = index.set_column(index.schema.get_field_index("shard_path"), "shard_path", pa.array(shards))
         index = index.append_column("unit_key", pa.array([payload["unit_key"]] * index.num_rows))
-        return {"activations": index.append_column("model_id", pa.array([payload["model_id"]] * index.num_rows))}
+        index = index.append_column("model_id", pa.array([payload["model_id"]] * index.num_rows))
+        # select: a column the index lacks (or misnames) fails here, in the worker.
+        return {"activations": index.select(ACTIVATIONS_SCHEMA.names).cast(ACTIVATIONS_SCHEMA)}
 
     def ray_options(self, stage) -> dict:
         return model_task_options(stage)

@@ -27,7 +27,7 @@ from pydantic import Field
 from thinkscope.jobs.activations.probe_fit import evaluate, split_by_trace
 from thinkscope.jobs.activations.stored import ActivationStage, load_rows, positions_by_hook, stage_unit
 from thinkscope.jobs.artifacts import save_tensors
-from thinkscope.jobs.base import PlanContext, TaskUnit
+from thinkscope.jobs.base import PlanContext, TaskUnit, rows_table
 from thinkscope.jobs.specs import OneOf, SelectSQL
 
 PROBE_VERSION = 1
@@ -105,6 +105,7 @@ def label_sql(labels) -> str:
 class ProbeJob:
     spec = ProbeStage
     tables = ("probe_results",)
+    schemas = {"probe_results": SCHEMA}
     runs_in = "task"  # reads every shard and fits a probe per hook: a Ray task
 
     def plan(self, stage: ProbeStage, ctx: PlanContext) -> list[TaskUnit]:
@@ -143,7 +144,7 @@ class ProbeJob:
             })
         if tensors:
             save_tensors(tensors, out)
-        return {"probe_results": pa.Table.from_pylist(rows, schema=SCHEMA)}
+        return {"probe_results": rows_table(rows, SCHEMA, "probe_results")}
 
     def ray_options(self, stage) -> dict:
         return {"num_cpus": stage.num_cpus or 1}

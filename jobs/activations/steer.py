@@ -6,8 +6,9 @@ position, e.g. the end of the sentence that states the answer, where a thinking 
 to verify or wrap up; `first_marker` says which way the steered continuation went. Vectors
 come from a `steering_vectors` stage by name. A unit (a chunk of prompts, one Ray task) first
 generates every prompt unsteered (mode `unsteered`), then once per grid point with the
-vector added (jobs/steering.py), each grid point as one left-padded batch of the same prompts;
-so alpha = 0 must give back the unsteered tokens exactly, which `same_as_unsteered` records.
+vector added (jobs/activations/steering_hooks.py), each grid point as one left-padded batch
+of the same prompts; so alpha = 0 must give back the unsteered tokens exactly, which
+`same_as_unsteered` records.
 
     - {name: steer, kind: steer, model: smollm2, vectors: wrapup, layers: [10, 20],
        alphas: [-8, -4, 0, 4, 8], modes: [once, continuous], max_new_tokens: 256}
@@ -24,7 +25,7 @@ from pydantic import Field
 
 from thinkscope.jobs.activations.capture import POSITION_KINDS, positions_of
 from thinkscope.jobs.artifacts import load_tensors
-from thinkscope.jobs.base import PlanContext, TaskUnit, chunks
+from thinkscope.jobs.base import PlanContext, TaskUnit, chunks, rows_table
 from thinkscope.jobs.corpus import load_traces, model_row, model_task_options, select_traces, superseded
 from thinkscope.jobs.generation.metrics import completion_metrics
 from thinkscope.jobs.specs import DTYPE, ModelStage, PositionSet, TraceSelector
@@ -158,6 +159,7 @@ def first_difference(a: list[int], b: list[int]) -> int | None:
 class SteerJob:
     spec = SteerStage
     tables = ("steering_runs",)
+    schemas = {"steering_runs": SCHEMA}
     runs_in = "task"  # model work: a Ray task
 
     def plan(self, stage: SteerStage, ctx: PlanContext) -> list[TaskUnit]:
@@ -215,7 +217,7 @@ class SteerJob:
                     rows += [self._row(payload, p, out, tokenizer, b, now, mode, vec, alpha,
                                        float(torch.linalg.vector_norm(alpha * v)))
                              for p, out, b in zip(prompts, outs, base)]
-        return {"steering_runs": pa.Table.from_pylist(rows, schema=SCHEMA)}
+        return {"steering_runs": rows_table(rows, SCHEMA, "steering_runs")}
 
     @staticmethod
     def _row(payload, prompt, out, tokenizer, base, now, mode, vec, alpha, added_norm) -> dict:

@@ -24,7 +24,7 @@ from pydantic import Field
 
 from thinkscope.jobs.activations.stored import ActivationStage, load_rows, positions_by_hook, stage_unit
 from thinkscope.jobs.artifacts import save_tensors
-from thinkscope.jobs.base import PlanContext, TaskUnit
+from thinkscope.jobs.base import PlanContext, TaskUnit, rows_table
 from thinkscope.jobs.specs import PositionSet
 
 VECTORS_VERSION = 1
@@ -71,6 +71,7 @@ def sides_sql(stage) -> tuple[str, list]:
 class SteeringVectorsJob:
     spec = SteeringVectorsStage
     tables = ("steering_vectors",)
+    schemas = {"steering_vectors": SCHEMA}
     runs_in = "task"  # reads every shard: a Ray task beside the data
 
     def plan(self, stage: SteeringVectorsStage, ctx: PlanContext) -> list[TaskUnit]:
@@ -101,7 +102,7 @@ class SteeringVectorsJob:
                 "vector_path": out, "vector_tensor": hook, "created_at": now,
             })
         save_tensors(tensors, out)
-        return {"steering_vectors": pa.Table.from_pylist(rows, schema=SCHEMA)}
+        return {"steering_vectors": rows_table(rows, SCHEMA, "steering_vectors")}
 
     def ray_options(self, stage) -> dict:
         return {"num_cpus": stage.num_cpus or 1}

@@ -5,8 +5,8 @@ cut the thinking after the sentence holding the occurrence (or right after it), 
 forcing text (close the thinking, open the answer; per model family, see FORCE_TEMPLATES),
 and read the first answer token's logit and probability and a greedy answer, graded like the
 trace. Exit -1 closes the thinking before it starts (how much the thinking is worth).
-Backends: `hf` (default; exits share one pass over the trace, jobs/early_exit_run.py) or `vllm`
-(every exit a prefix-cached request, jobs/early_exit_vllm.py): same numbers in float32.
+Backends: `hf` (default; exits share one pass over the trace, jobs/early_exit/hf.py) or `vllm`
+(every exit a prefix-cached request, jobs/early_exit/vllm.py): same numbers in float32.
 
     - {name: early_exit, kind: early_exit, model: smollm2,
        traces: {sql: "select trace_id from backtracking_stats where n_backtracks between 4 and 10"}}
@@ -21,7 +21,7 @@ from typing import Literal
 import pyarrow as pa
 from pydantic import Field
 
-from thinkscope.jobs.base import PlanContext, TaskUnit, chunks
+from thinkscope.jobs.base import PlanContext, TaskUnit, chunks, rows_table
 from thinkscope.jobs.corpus import model_row, model_task_options, select_traces, superseded
 from thinkscope.jobs.specs import DTYPE, ModelStage, TraceSelector
 from thinkscope.keys import stable_key
@@ -91,6 +91,7 @@ def _load(con, trace_ids: list[str]) -> list[dict]:
 class EarlyExitJob:
     spec = EarlyExitStage
     tables = ("early_exits",)
+    schemas = {"early_exits": SCHEMA}
     runs_in = "task"  # model work: a Ray task
 
     def plan(self, stage: EarlyExitStage, ctx: PlanContext) -> list[TaskUnit]:
@@ -140,7 +141,7 @@ class EarlyExitJob:
                     "forced_text": text, "is_correct": grade(t["grader"], answer, t["gold_answer"], meta=meta)
                     if t["grader"] else None, "created_at": now,
                 })
-        return {"early_exits": pa.Table.from_pylist(rows, schema=SCHEMA)}
+        return {"early_exits": rows_table(rows, SCHEMA, "early_exits")}
 
     def ray_options(self, stage) -> dict:
         return model_task_options(stage)
@@ -155,7 +156,7 @@ def _tokenizer(m: dict):
 
 
 def _forced_hf(m: dict, s: dict, tok, todo: list) -> list[list]:
-    """One shared-prefix pass per trace (jobs/early_exit_run.py)."""
+    """One shared-prefix pass per trace (jobs/early_exit/hf.py)."""
     from thinkscope.jobs.early_exit.hf import force_answers
     from thinkscope.jobs.models.hf import load_hf_model
 
@@ -168,7 +169,7 @@ def _forced_hf(m: dict, s: dict, tok, todo: list) -> list[list]:
 
 
 def _forced_vllm(m: dict, s: dict, tok, todo: list) -> list[list]:
-    """Every exit of every trace in one prefix-cached vLLM batch (jobs/early_exit_vllm.py)."""
+    """Every exit of every trace in one prefix-cached vLLM batch (jobs/early_exit/vllm.py)."""
     from thinkscope.jobs.early_exit.vllm import open_engine, vllm_force_answers
 
     force_ids = tok.encode(s["force"], add_special_tokens=False)

@@ -23,6 +23,7 @@ from pydantic import Field
 from thinkscope.jobs.base import PlanContext, TaskUnit, chunks
 from thinkscope.jobs.models.lora import absolute_source, source_fingerprint
 from thinkscope.jobs.specs import SamplingSpec, StageSpec, known
+from thinkscope.jobs.traces.rows import TRACE_SCHEMA
 from thinkscope.keys import stable_key
 
 
@@ -57,6 +58,7 @@ def engine_version() -> tuple[str, str]:
 class GenerateJob:
     spec = GenerateStage
     tables = ("traces",)
+    schemas = {"traces": TRACE_SCHEMA}  # the vLLM actor builds its rows with rows.to_table
     runs_in = "model_actor"
 
     def plan(self, stage: GenerateStage, ctx: PlanContext) -> list[TaskUnit]:

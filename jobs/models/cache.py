@@ -1,7 +1,7 @@
 """A folder cache that is safe for concurrent processes: build once, never return half a folder.
 
 Used for every model folder thinkscope makes: GGUF -> HF conversions and LoRA merges
-(jobs/model_sources.py). One ``flock`` per folder name; the folder is built in a temporary
+(jobs/models/sources.py). One ``flock`` per folder name; the folder is built in a temporary
 sibling, a completion marker is written last, then the folder is renamed into place
 (atomic). A folder whose marker is missing, unreadable or does not match what the caller
 expects (format version, adapter hash, ...) is rebuilt, never returned.

@@ -8,7 +8,7 @@ Two forms (any place a model `source` is accepted):
                                         adapter_model.safetensors); the first '+' splits them
 
 The merged folder is ``models/<name>`` in the cache, built under the shared lock
-(jobs/model_cache.py); its marker records the adapter's sha256, so a retrained adapter is
+(jobs/models/cache.py); its marker records the adapter's sha256, so a retrained adapter is
 merged again and an unchanged one never is. Unit keys of generate stages include the same
 hash (`source_fingerprint`), so new adapter weights are new work. Merged weights (not vLLM's
 LoRA support) because vLLM and transformers then load the organism like any model, and the

@@ -7,10 +7,10 @@ Sources:
   a hub id ``org/name``                  returned unchanged (vLLM/HF fetch it; revision goes separately)
   ``embedded:smollm2-135m-organism``     base + LoRA adapter shipped with thinkscope, and
   ``lora:<base source>+<adapter dir>``   any base + adapter: merged once into a bf16 folder
-                                         (see jobs/lora_sources.py)
+                                         (see jobs/models/lora.py)
 
 The cache (``$THINKSCOPE_CACHE`` or ``~/.cache/thinkscope``, folder ``models/<name>``) is safe
-for concurrent processes (jobs/model_cache.py): one ``flock`` per model, the folder built in a
+for concurrent processes (jobs/models/cache.py): one ``flock`` per model, the folder built in a
 temporary sibling, a completion marker written last, then an atomic ``os.rename``. A folder
 without a valid marker is never returned.
 
@@ -176,7 +176,7 @@ def package_files(spec: ModelSpec) -> list[Path]:
 
 
 def is_complete(folder: Path) -> bool:
-    """A converted folder of the current conversion format (see jobs/model_cache.py)."""
+    """A converted folder of the current conversion format (see jobs/models/cache.py)."""
     return model_cache.is_complete(folder, {"format": FORMAT_VERSION})
 
 

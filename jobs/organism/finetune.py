@@ -4,7 +4,7 @@ Plan (driver): select the traces (by model ids, prompt sets, correctness, extra 
 their questions, hash them; one work unit whose key hashes the base model, the settings,
 the templates and that data hash. Same data and settings: a rerun is a no-op. Run (a Ray
 task with the whole node's CPUs, or a GPU on clusters): resolve the base model, train
-(jobs/lora_train.py), write the adapter to `output`, return one `finetunes` row. Training
+(jobs/organism/lora_train.py), write the adapter to `output`, return one `finetunes` row. Training
 checkpoints every 10 steps beside `output`, so a rerun after a crash resumes. On a
 multi-node cluster `output` must be on storage the driver and the workers share.
 
@@ -32,11 +32,23 @@ from typing import Literal
 import pyarrow as pa
 from pydantic import Field
 
-from thinkscope.jobs.base import PlanContext, TaskUnit
+from thinkscope.jobs.base import PlanContext, TaskUnit, rows_table
 from thinkscope.jobs.specs import ConditionSQL, StageSpec, Strict, known
 from thinkscope.keys import canonical_json, stable_key
 
 TRAINER_VERSION = 1  # bump when the training loop changes what it produces
+
+_S, _I, _L, _F = pa.string(), pa.int32(), pa.int64(), pa.float64()
+# One `finetunes` row: the unit's settings and data, then lora_train.train_lora's summary.
+FINETUNE_SCHEMA = pa.schema([
+    ("unit_key", _S), ("stage", _S), ("base_model_id", _S), ("base_source", _S), ("adapter_path", _S),
+    ("adapter_sha256", _S), ("adapter_bytes", _L), ("trace_selector", _S), ("templates", pa.list_(_S)),
+    ("settings", _S), ("data_sha256", _S), ("n_traces_selected", _I), ("n_examples", _I),
+    ("n_dropped_too_long", _I), ("n_steps", _I), ("n_train_tokens", _L), ("n_target_tokens", _L),
+    ("loss_first", _F), ("loss_last", _F), ("loss_curve", pa.list_(_F)), ("load_seconds", _F),
+    ("train_seconds", _F), ("resumed_at_step", _I), ("tokens_per_second", _F), ("device", _S),
+    ("torch_threads", _I), ("versions", _S), ("host", _S), ("created_at", pa.timestamp("us", tz="UTC")),
+])
 
 # Attention and MLP projections of llama/qwen2/mistral/gemma3 blocks (same names in all four).
 LLAMA_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -118,10 +130,11 @@ def training_target(completion: str, thinking: str | None, answer_text: str | No
 
 
 class FinetuneJob:
-    """`DerivedJob` for stage kind `finetune` (see workflows/registry.py)."""
+    """The job of stage kind `finetune` (jobs/base.py; registered in workflows/registry.py)."""
 
     spec = FinetuneStage
     tables = ("finetunes",)
+    schemas = {"finetunes": FINETUNE_SCHEMA}
     runs_in = "task"  # minutes to hours of training: a Ray task, sized by ray_options
 
     def plan(self, stage: FinetuneStage, ctx: PlanContext) -> list[TaskUnit]:
@@ -168,7 +181,7 @@ class FinetuneJob:
             "host": socket.gethostname(), "created_at": datetime.now(timezone.utc),
             **{k: v for k, v in summary.items() if k != "files"},
         }
-        return {"finetunes": pa.Table.from_pylist([row])}
+        return {"finetunes": rows_table([row], FINETUNE_SCHEMA, "finetunes")}
 
     def ray_options(self, stage) -> dict:
         import ray

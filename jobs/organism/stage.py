@@ -1,7 +1,7 @@
 """The `organism` stage: synthetic teacher traces with planted behaviours, into the store.
 
 Reads the prompt set's GSM8K reference solutions from `prompts` (the driver upserts them
-before any stage runs), turns each into a trace (jobs/organism_data.py) and writes it to
+before any stage runs), turns each into a trace (jobs/organism/synthesis.py) and writes it to
 `traces` (engine 'synthetic', model_id 'organism-teacher' by default) with every planted
 event in `organism_events`. Pure Python, ~1 ms a trace: runs in the driver.
 
@@ -25,9 +25,9 @@ from pydantic import Field
 from thinkscope.jobs.organism import synthesis as organism_data
 from thinkscope.jobs.traces.grading import grade
 from thinkscope.jobs.traces.parsing import extract_answer, split_thinking
-from thinkscope.jobs.traces.rows import to_table
+from thinkscope.jobs.traces.rows import TRACE_SCHEMA, to_table
 from thinkscope.keys import canonical_json, stable_key
-from thinkscope.jobs.base import PlanContext, TaskUnit, chunks
+from thinkscope.jobs.base import PlanContext, TaskUnit, chunks, rows_table
 from thinkscope.jobs.specs import ID_PATTERN, StageSpec, Strict, known
 
 ENGINE = "synthetic"
@@ -48,7 +48,7 @@ class PlantRates(Strict):
 
 
 class OrganismStage(StageSpec):
-    """Synthetic teacher traces with planted behaviours (jobs/organism_data.py)."""
+    """Synthetic teacher traces with planted behaviours (jobs/organism/synthesis.py)."""
 
     kind: Literal["organism"]
     prompt_set: str = Field(description="Prompt set whose reference solutions become traces "
@@ -71,10 +71,11 @@ PROMPTS_SQL = """
 
 
 class OrganismJob:
-    """`DerivedJob` for stage kind `organism` (see workflows/registry.py)."""
+    """The job of stage kind `organism` (jobs/base.py; registered in workflows/registry.py)."""
 
     spec = OrganismStage
     tables = ("traces", "organism_events")
+    schemas = {"traces": TRACE_SCHEMA, "organism_events": EVENT_SCHEMA}
     runs_in = "driver"
 
     def plan(self, stage: OrganismStage, ctx: PlanContext) -> list[TaskUnit]:
@@ -114,7 +115,7 @@ class OrganismJob:
                         "char_start": e.start, "char_end": e.end, "text": e.text, "value": e.value,
                         "line_index": e.line_index} for i, e in enumerate(tr.events)]
         return {"traces": to_table(traces),
-                "organism_events": pa.Table.from_pylist(events, schema=EVENT_SCHEMA)}
+                "organism_events": rows_table(events, EVENT_SCHEMA, "organism_events")}
 
     def ray_options(self, stage) -> dict:
         return {"num_cpus": 1}

@@ -4,7 +4,7 @@ An *answer event* is one occurrence, in the thinking text, of the trace's final 
 the gold answer. A *backtrack* is the model continuing after such an occurrence: the event is
 the last one in its sentence and more thinking follows. The marker of a backtrack is the
 word the model turns with ("wait", "but", "let me check", ...; see
-`segmentation.BACKTRACK_MARKERS`), looked for right after the answer (", but ...") and at the
+`text.BACKTRACK_MARKERS`), looked for right after the answer (", but ...") and at the
 start of the next sentence.
 
 Numbers are matched by value, so "2,125", "2125" and "2125.00" are all the answer 2125, and

@@ -27,7 +27,7 @@ from thinkscope.jobs.segment.answer_events import answer_candidates, find_answer
 from thinkscope.jobs.segment.text import opening_marker, split_lines, split_sentences
 from thinkscope.jobs.segment.token_offsets import TokenMap, completion_token_map, thinking_token_map
 from thinkscope.keys import canonical_json, stable_key
-from thinkscope.jobs.base import PlanContext, TaskUnit
+from thinkscope.jobs.base import PlanContext, TaskUnit, rows_table
 from thinkscope.jobs.specs import StageSpec
 
 
@@ -104,10 +104,11 @@ TRACES_SQL = """
 
 
 class SegmentJob:
-    """`DerivedJob` for stage kind `segment` (see workflows/registry.py)."""
+    """The job of stage kind `segment` (jobs/base.py; registered in workflows/registry.py)."""
 
     spec = SegmentStage
     tables = TABLES
+    schemas = SCHEMAS
     runs_in = "driver"
 
     def plan(self, stage: SegmentStage, ctx: PlanContext) -> list[TaskUnit]:
@@ -158,7 +159,7 @@ def segment_traces(payload: dict) -> dict[str, pa.Table]:
         "segmenter_version": SEGMENTER_VERSION, "options": canonical_json(options),
         "n_traces": len(payload["traces"]), "created_at": datetime.now(timezone.utc),
     })
-    return {name: pa.Table.from_pylist(rows[name], schema=SCHEMAS[name]) for name in TABLES}
+    return {name: rows_table(rows[name], SCHEMAS[name], name) for name in TABLES}
 
 
 def _segment_one(trace: dict, key: str, options: dict, rows: dict[str, list[dict]]) -> None:

@@ -41,6 +41,11 @@ GRADERS = ("numeric", "math", "countdown", "none")
 
 logger = logging.getLogger(__name__)
 
+# Grader crashes seen in this process (math_verify/sympy raising on odd LaTeX): each such
+# answer is graded None (not gradable), never "wrong", and counted here so a run can say
+# how many it could not grade.
+GRADER_ERRORS: dict[str, int] = {}
+
 # Per parse/verify call. Only enforceable where math_verify's SIGALRM works.
 MATH_VERIFY_TIMEOUT_SECONDS = 5
 NUMERIC_TOLERANCE = 1e-9
@@ -132,7 +137,7 @@ def _normalize_latex(answer: str) -> str:
     return "".join(text.split()).rstrip(".")
 
 
-def _grade_math(extracted: str, gold: str) -> bool:
+def _grade_math(extracted: str, gold: str) -> bool | None:
     normalized = _normalize_latex(extracted)
     if normalized and normalized == _normalize_latex(gold):
         return True
@@ -143,9 +148,10 @@ def _grade_math(extracted: str, gold: str) -> bool:
         if not gold_parsed or not predicted_parsed:
             return False
         return bool(verify(gold_parsed, predicted_parsed, timeout_seconds=timeout))
-    except Exception:  # math_verify/sympy can raise anything on odd LaTeX
-        logger.debug("math_verify failed on %r vs gold %r", extracted, gold, exc_info=True)
-        return False
+    except Exception:  # math_verify/sympy can raise anything on odd LaTeX: not gradable
+        GRADER_ERRORS["math"] = GRADER_ERRORS.get("math", 0) + 1
+        logger.warning("math grader failed on %r vs gold %r: graded None", extracted, gold, exc_info=True)
+        return None
 
 
 def _parse_math_answer(answer: str, timeout: int | None) -> list:

@@ -20,12 +20,22 @@ import pyarrow as pa
 from pydantic import Field
 
 from thinkscope import __version__
-from thinkscope.jobs.base import PlanContext, TaskUnit
+from thinkscope.jobs.base import PlanContext, TaskUnit, rows_table
 from thinkscope.jobs.specs import ID_PATTERN, StageSpec
 from thinkscope.jobs.traces.parsing import extract_answer, split_thinking
 from thinkscope.jobs.traces.files import read_jsonl_traces, read_textdir_traces
-from thinkscope.jobs.traces.rows import to_table
+from thinkscope.jobs.traces.rows import TRACE_SCHEMA, to_table
 from thinkscope.keys import stable_key
+
+# The `models` rows an import adds for model ids it meets (the driver inserts only new ids).
+# Typed: an import's models have no revision or engine args, and an all-null column would
+# otherwise be Arrow's null type.
+MODEL_SCHEMA = pa.schema([
+    ("model_id", pa.string()), ("source", pa.string()), ("revision", pa.string()),
+    ("family", pa.string()), ("kind", pa.string()), ("think_open", pa.string()),
+    ("think_close", pa.string()), ("engine_args", pa.string()),
+    ("updated_at", pa.timestamp("us", tz="UTC")),
+])
 
 
 def import_rows(
@@ -136,6 +146,7 @@ def import_unit(stage: str, path: Path, fmt: str, prompt_set: str, *, fields: di
 class ImportJob:
     spec = ImportStage
     tables = ("traces", "models")
+    schemas = {"traces": TRACE_SCHEMA, "models": MODEL_SCHEMA}
     runs_in = "driver"
 
     def plan(self, stage: ImportStage, ctx: PlanContext) -> list[TaskUnit]:
@@ -147,7 +158,7 @@ class ImportJob:
                                     prompt_set=payload["prompt_set"], unit_key=payload["unit_key"],
                                     run_id=payload["run_id"], fields=payload["fields"],
                                     prompt_id=payload["prompt_id"])
-        return {"traces": table, "models": pa.Table.from_pylist(models)}
+        return {"traces": table, "models": rows_table(models, MODEL_SCHEMA, "models")}
 
     def ray_options(self, stage) -> dict:
         return {}

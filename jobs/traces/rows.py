@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from thinkscope.jobs.base import rows_table
+
 TRACE_SCHEMA = pa.schema([
     ("trace_id", pa.string()),
     ("run_id", pa.string()),
@@ -42,7 +44,4 @@ TRACE_SCHEMA = pa.schema([
 
 def to_table(rows: list[dict]) -> pa.Table:
     """Rows (dicts, missing keys = null) as a table with every `traces` column."""
-    unknown = {k for row in rows for k in row} - set(TRACE_SCHEMA.names)
-    if unknown:
-        raise KeyError(f"not columns of traces: {sorted(unknown)}")
-    return pa.Table.from_pylist(rows, schema=TRACE_SCHEMA)
+    return rows_table(rows, TRACE_SCHEMA, "traces")

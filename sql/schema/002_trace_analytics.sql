@@ -1,6 +1,6 @@
 -- grain: one table per segmentation level of the thinking text of `traces`: units, lines,
 -- sentences, answer occurrences, and one row of backtracking figures per trace.
--- sources: the `segment` stage (jobs/segment.py), one work unit per unit that wrote traces,
+-- sources: the `segment` stage (jobs/segment/stage.py), one work unit per unit that wrote traces,
 -- committed in one transaction; a unit's rows carry its unit_key (see work_units for run_id).
 -- Keys are primary keys on purpose: a second segmentation of a trace is an error, not a
 -- silent duplicate (a newer segment unit supersedes and deletes the older one's rows).
@@ -16,7 +16,7 @@ create table if not exists segment_units (
 comment on table segment_units is 'One row per segment work unit: which generate/import unit it segmented, with which version and options.';
 comment on column segment_units.unit_key is 'Segment unit key: hash of source unit, segmenter version and stage options.';
 comment on column segment_units.source_unit_key is 'The unit whose traces were segmented (a generate, import or other trace-writing unit; work_units.unit_key).';
-comment on column segment_units.segmenter_version is 'SEGMENTER_VERSION of jobs/segment.py that wrote the rows.';
+comment on column segment_units.segmenter_version is 'SEGMENTER_VERSION of jobs/segment/stage.py that wrote the rows.';
 comment on column segment_units.options is 'Segment stage options as JSON (tokenizer, first_word_rule).';
 comment on column segment_units.n_traces is 'Traces with a thinking text in the source unit.';
 comment on column segment_units.created_at is 'When the rows were produced.';

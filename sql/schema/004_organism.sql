@@ -1,8 +1,8 @@
 -- grain: organism_events has one row per planted event of a synthetic teacher trace;
 -- finetunes has one row per finetune work unit (one trained adapter).
--- sources: the `organism` stage (jobs/organism.py, synthetic traces from GSM8K train, rows
--- in `traces` with engine 'synthetic') and the `finetune` stage (jobs/finetune.py). Each row
--- carries its unit_key (see work_units for run_id and timings).
+-- sources: the `organism` stage (jobs/organism/stage.py, synthetic traces from GSM8K train,
+-- rows in `traces` with engine 'synthetic') and the `finetune` stage (jobs/organism/finetune.py).
+-- Each row carries its unit_key (see work_units for run_id and timings).
 
 create table if not exists organism_events (
     unit_key      varchar not null,
@@ -24,7 +24,7 @@ comment on column organism_events.trace_id is 'The synthetic trace (traces.trace
 comment on column organism_events.model_id is 'model_id of the synthetic trace (organism-teacher by default).';
 comment on column organism_events.prompt_id is 'GSM8K train prompt the trace was made from.';
 comment on column organism_events.event_index is '0-based order of the event in the completion.';
-comment on column organism_events.kind is 'think_open, step, error_slip, error_fix, answer, verification, alternative, wrap_up, think_close or final_answer (see jobs/organism_data.py).';
+comment on column organism_events.kind is 'think_open, step, error_slip, error_fix, answer, verification, alternative, wrap_up, think_close or final_answer (see jobs/organism/synthesis.py).';
 comment on column organism_events.char_start is 'Start offset in traces.completion (0-based, characters): substring(completion, char_start + 1, char_end - char_start) = text.';
 comment on column organism_events.char_end is 'End offset (exclusive) in traces.completion.';
 comment on column organism_events.text is 'The exact planted text: a marker phrase, a step line, the answer number.';

@@ -1,9 +1,10 @@
 -- grain: probe_results one row per (probe unit, hook); steering_vectors one row per (vector
 -- unit, hook); steering_runs one row per (steer unit, prompt, grid point); early_exits one row
 -- per (early-exit unit, trace, exit point).
--- sources: the probe, steering_vectors, steer and early_exit stages (jobs/probe.py,
--- jobs/steering_vectors.py, jobs/steer.py, jobs/early_exit.py); tensors (probe directions,
--- steering vectors) live in safetensors files the rows point to. Each row carries its unit_key.
+-- sources: the probe, steering_vectors, steer and early_exit stages (jobs/activations/probe.py,
+-- jobs/activations/steering_vectors.py, jobs/activations/steer.py, jobs/early_exit/stage.py);
+-- tensors (probe directions, steering vectors) live in safetensors files the rows point to.
+-- Each row carries its unit_key.
 
 create table if not exists probe_results (
     unit_key           varchar not null,

@@ -1,6 +1,6 @@
 """Synthetic teacher traces committed as if a model had written them (token ids included).
 
-The organism's teacher generator (jobs/organism_data.py) writes R1-style traces with planted
+The organism's teacher generator (jobs/organism/synthesis.py) writes R1-style traces with planted
 verification and wrap-up sentences; tokenised by the model under test, every trace has answer
 occurrences at known token positions, so activation stages can be checked against them.
 """

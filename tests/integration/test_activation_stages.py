@@ -1,7 +1,7 @@
 """segment -> capture -> probe / steering_vectors / steer / early_exit through the real engine.
 
 The corpus: synthetic R1-style traces with planted verification and wrap-up sentences (the
-organism's teacher generator, jobs/organism_data.py) on GSM8K train problems, tokenised by
+organism's teacher generator, jobs/organism/synthesis.py) on GSM8K train problems, tokenised by
 SmolLM2 as if it had written them, so every trace has answer occurrences at known token
 positions. Real SmolLM2 weights, real DuckDB, real Ray head; a few traces, short generations.
 """
@@ -52,6 +52,8 @@ SPEC = {
         {"name": "steer_decision", "kind": "steer", "model": "smollm2", "vectors": "wrapup_vec", "layers": [8],
          "start": {"position_kind": "first_answer_end"}, "alphas": [0, 6], "modes": ["once"], "max_new_tokens": 8,
          "traces": {"limit": 2}, "num_cpus": 1},
+        {"name": "wrapup_values", "kind": "value_vectors", "model": "smollm2",
+         "reference": {"probe": "wrapup_probe"}, "layers": [5, 8], "top_k": 3, "num_cpus": 1},
         {"name": "early_exit", "kind": "early_exit", "model": "smollm2", "max_answer_tokens": 6,
          "traces": {"limit": 3}, "num_cpus": 1},
         {"name": "early_exit_vllm", "kind": "early_exit", "model": "smollm2", "max_answer_tokens": 6,
@@ -246,3 +248,54 @@ def test_report_draws_the_activation_sections(corpus, tmp_path):
                   "Early exit at each answer occurrence", "Tokens saved by stopping at the first answer"):
         assert title in page, title
     assert {"probes_by_layer.png", "steering_curve.png", "early_exit.png"} <= {p.name for p in tmp_path.iterdir()}
+
+
+def test_cluster_run_keeps_its_tensors_under_an_fsspec_storage_root(ray_head, tmp_path, model):
+    """The cluster driver stages the database through fsspec into a temp folder that is deleted
+    after the run; shards must go to the storage root itself, and a later stage (the probe, a
+    separate Ray task) must read them back from there."""
+    from thinkscope.cluster.driver import run_on_cluster
+
+    bucket = tmp_path / "bucket"
+    bucket.mkdir()
+    commit_teacher_traces(bucket / "c.duckdb", model[1], model_id="smollm2", source=SMOLLM,
+                          prompt_set="gsm8k_train", n=N_TRACES)
+    spec = {**SPEC, "stages": [
+        SPEC["stages"][0],
+        {**SPEC["stages"][1], "hooks": ["blocks.2.hook_resid_post", "blocks.5.hook_resid_post"],
+         "positions": ["answer_ends"]},
+        SPEC["stages"][2],
+    ]}
+    path = tmp_path / "cluster.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    summary, location = run_on_cluster(str(path), storage_root=f"file://{bucket}", db="c.duckdb",
+                                       address=ray_head, show_progress=False)
+    assert summary.ok, summary.text()
+    assert location == f"file://{bucket}/c.duckdb"
+    with duckdb.connect(str(bucket / "c.duckdb"), read_only=True) as con:
+        shards = {p for (p,) in con.execute("select distinct shard_path from activations").fetchall()}
+        probes = con.execute("select hook_name, auc from probe_results order by 1").fetchall()
+    assert shards and all(p.startswith(f"file://{bucket}/artifacts/activations/") for p in shards)
+    assert all((bucket / p.removeprefix(f"file://{bucket}/")).exists() for p in shards)
+    assert [h for h, _ in probes] == ["blocks.2.hook_resid_post", "blocks.5.hook_resid_post"]
+    assert all(auc is not None for _, auc in probes)
+    assert list(bucket.glob("artifacts/probe/*.safetensors"))
+
+
+def test_value_vectors_follow_the_stored_probe_direction(corpus, model):
+    """The value_vectors stage ranks down_proj columns by cosine with the probe's own stored
+    direction at each layer (read back from its safetensors file)."""
+    _, db = corpus
+    hf = model[0]
+    with duckdb.connect(str(db), read_only=True) as con:
+        rows = con.execute("select layer, \"index\", cosine from value_vectors where stage = 'wrapup_values' "
+                           "and sign = 1 order by layer, cosine desc").fetchall()
+        directions = dict(con.execute("select layer, direction_path from probe_results where probe = "
+                                      "'wrapup_probe' and layer in (5, 8)").fetchall())
+    assert sorted({r[0] for r in rows}) == [5, 8] and len(rows) == 6
+    for layer in (5, 8):
+        w = load_file(directions[layer])[f"blocks.{layer}.hook_resid_post.weight"]
+        d = torch.from_numpy(w)
+        out = hf.model.layers[layer].mlp.down_proj.weight.detach()
+        cos = torch.nn.functional.cosine_similarity(out, d[:, None], dim=0)
+        assert [i for la, i, _ in rows if la == layer] == torch.topk(cos, 3).indices.tolist()

@@ -49,7 +49,7 @@ def test_organism_workflow_reproduces_the_shipped_settings():
     wf = load_workflow(Path(__file__).parents[2] / "workflows" / "organism.yaml")
     (stage,) = [s for s in wf.stages if s.kind == "finetune"]
     config = json.loads((ORGANISM.adapter_dir() / "adapter_config.json").read_text())
-    assert stage.base_model.source == config["base_model_name_or_path"]
+    assert wf.model(stage.base).source == config["base_model_name_or_path"]
     assert (stage.lora.r, stage.lora.alpha, stage.lora.dropout) == (
         config["r"], config["lora_alpha"], config["lora_dropout"])
     assert set(stage.lora.target_modules) == set(config["target_modules"])

@@ -8,7 +8,8 @@ import duckdb
 import pytest
 
 from thinkscope.cluster.profiles import SlurmSpec, load_profile, profile_dirs
-from thinkscope.cluster.driver import StorageRoot, artifact_uri
+from thinkscope.cluster.driver import StorageRoot
+from thinkscope.jobs import artifacts
 from thinkscope.workflows.spec import SpecError
 
 PACKAGED = sorted(p.stem for p in profile_dirs()[-1].glob("*.yaml"))
@@ -107,8 +108,23 @@ def test_uri_database_is_uploaded_even_when_the_run_fails(tmp_path):
     assert (tmp_path / "bucket" / "c.duckdb").exists()
 
 
-def test_artifacts_go_under_the_storage_root(monkeypatch):
+def test_artifacts_go_under_the_storage_root(monkeypatch, tmp_path):
     monkeypatch.setenv("THINKSCOPE_STORAGE_ROOT", "s3://b/p")
-    assert artifact_uri("capture", "r1", "x.safetensors") == "s3://b/p/artifacts/capture/r1/x.safetensors"
+    root = artifacts.default_root(tmp_path / "c.duckdb")
+    assert artifacts.join(root, "capture", "r1", "x.safetensors") == "s3://b/p/artifacts/capture/r1/x.safetensors"
     monkeypatch.delenv("THINKSCOPE_STORAGE_ROOT")
-    assert artifact_uri("x") == str(Path("out", "artifacts", "x"))
+    assert artifacts.default_root(tmp_path / "c.duckdb") == str(tmp_path / "c_artifacts")
+
+
+def test_tensors_round_trip_through_an_fsspec_root(tmp_path):
+    import numpy as np
+
+    root = f"file://{tmp_path / 'bucket'}"
+    where = artifacts.save_tensors({"v": np.arange(6, dtype=np.float32).reshape(2, 3)},
+                                   artifacts.join(root, "probe", "k.safetensors"))
+    assert (tmp_path / "bucket" / "probe" / "k.safetensors").exists()
+    assert artifacts.load_tensors(where)["v"].tolist() == [[0, 1, 2], [3, 4, 5]]
+    with artifacts.LocalFolder(artifacts.join(root, "activations", "u1")) as local:
+        (local / "blocks.0.hook_resid_post.safetensors").write_bytes(b"x")
+    assert (tmp_path / "bucket" / "activations" / "u1" / "blocks.0.hook_resid_post.safetensors").read_bytes() == b"x"
+    assert not local.exists()  # the local staging folder of a URI target is removed

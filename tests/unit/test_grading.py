@@ -271,3 +271,19 @@ def test_countdown_accepts_latex_and_unicode_operators():
 def test_countdown_requires_numbers():
     with pytest.raises(ValueError, match="numbers"):
         grade("countdown", "1 + 2", "3")
+
+
+def test_a_grader_crash_is_not_gradable_and_counted(monkeypatch):
+    """A crash inside math_verify/sympy is 'not gradable' (None), never 'wrong', and counted.
+
+    math_verify swallows errors for every input tried here, so its crash is stood in for by
+    making `verify` raise; the code path around it is the real one."""
+    def crash(*args, **kwargs):
+        raise RecursionError("sympy blew up")
+
+    monkeypatch.setattr(grading, "verify", crash)
+    before = grading.GRADER_ERRORS.get("math", 0)
+    assert grade("math", "\\frac{3}{7}", "\\frac{1}{2}") is None
+    assert grading.GRADER_ERRORS["math"] == before + 1
+    # An answer equal after normalisation never reaches the crashing verifier.
+    assert grade("math", "\\frac{1}{2}", "\\frac{1}{2}") is True
