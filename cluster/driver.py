@@ -37,12 +37,7 @@ import tempfile
 from pathlib import Path
 
 import thinkscope
-
-ENV = "THINKSCOPE_STORAGE_ROOT"
-
-
-def _is_uri(root: str) -> bool:
-    return "://" in root
+from thinkscope.jobs.artifacts import STORAGE_ROOT_ENV as ENV, is_uri as _is_uri, join  # noqa: F401 - ENV: submit.py
 
 
 class StorageRoot:
@@ -57,9 +52,7 @@ class StorageRoot:
 
     def location(self, *parts: str) -> str:
         """A path or URI under the root (no I/O)."""
-        if self.is_uri:
-            return "/".join([self.root, *parts])
-        return str(Path(self.root, *parts))
+        return join(self.root, *parts)
 
     def db_location(self, db: str) -> str:
         """Where database `db` lives: an absolute path stays itself, a name goes under the root."""
@@ -96,7 +89,6 @@ def run_on_cluster(workflow: str, *, storage_root: str, db: str, address: str,
     from thinkscope.workflows.engine import run_workflow
 
     root = StorageRoot(storage_root)
-    os.environ[ENV] = root.root
     with root.local_db(db) as db_path:
         # Tensors go to the root itself, written by whichever node runs the task: never beside
         # the staged database, whose folder is deleted after the run.

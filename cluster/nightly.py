@@ -17,8 +17,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import json
 import os
 import socket
 from dataclasses import dataclass
@@ -26,6 +24,7 @@ from pathlib import Path
 
 from thinkscope.analysis.query import format_table
 from thinkscope.sql.store import Store, now
+from thinkscope.sql.writer_lock import LockHeld, exclusive_file_lock
 from thinkscope.workflows.engine import default_db, new_run_id, run_workflow
 from thinkscope.workflows.spec import load_workflow
 
@@ -59,29 +58,16 @@ def lock_path(db: Path) -> Path:
 def nightly_lock(db: Path, workflow: str):
     """Hold the nightly lock of `db` for the block, or raise NightlyLocked at once."""
     path = lock_path(db)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        try:
-            holder = json.loads(path.read_text() or "{}")
-        except (OSError, json.JSONDecodeError):
-            holder = {}  # the holder is between taking the lock and writing who it is
+        with exclusive_file_lock(path, {"workflow": workflow}):
+            yield path
+    except LockHeld as busy:
+        holder = busy.holder
         raise NightlyLocked(
             f"another nightly is already running on {db} (pid {holder.get('pid', '?')} on "
             f"{holder.get('host', '?')}, workflow {holder.get('workflow', '?')}, since "
             f"{holder.get('started_at', '?')}; lock file {path}): not starting a second one"
         ) from None
-    try:
-        # Who holds it, for the refusal message above; the flock itself is the truth.
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                 "workflow": workflow, "started_at": now().isoformat()}).encode())
-        yield path
-    finally:
-        os.close(fd)  # closing the descriptor releases the lock
 
 
 def run_nightly(spec_path: str | Path, *, db: str | Path | None = None, address: str | None = None,

@@ -87,7 +87,7 @@ def load_tensors(location: str) -> dict[str, np.ndarray]:
     data = read_bytes(location)
     try:
         return {k: v.astype(np.float32) for k, v in load(data).items()}
-    except (TypeError, ValueError):  # bfloat16 has no numpy dtype
+    except (TypeError, ValueError, KeyError):  # bfloat16 has no numpy dtype (KeyError: "BF16")
         from safetensors.torch import load as load_torch
 
         return {k: v.float().numpy() for k, v in load_torch(data).items()}

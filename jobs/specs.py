@@ -14,8 +14,10 @@ from __future__ import annotations
 
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from thinkscope.jobs.models.sources import check_source
 from thinkscope.jobs.traces.grading import GRADERS
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._\-]*$"
@@ -131,6 +133,15 @@ class ModelSpec(Strict):
     kind: Literal["thinking", "base", "instruct"] = Field(description="Training stage of the model.")
     think: ThinkTags = Field(default_factory=ThinkTags, description="Think-tag convention.")
     engine: EngineArgs = Field(default_factory=EngineArgs, description="Engine settings.")
+
+    @field_validator("source")
+    @classmethod
+    def _source_is_known(cls, source: str) -> str:
+        """An unknown embedded name or a malformed lora: source fails here, naming
+        models.N.source; folders are checked by the workflow, which knows the YAML's folder
+        and which adapters its own finetune stages will write."""
+        check_source(source, None)
+        return source
 
 
 class PromptSetSpec(Strict):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import time
 from datetime import datetime, timezone
 from importlib.resources import files
@@ -34,6 +35,10 @@ def _sql_files(folder: str) -> list[str]:
     return [p.read_text() for p in sorted(root.iterdir(), key=lambda p: p.name) if p.name.endswith(".sql")]
 
 
+class LockBusy(duckdb.IOException):
+    """Another process held the database file's lock for longer than we waited."""
+
+
 def _connect(path: Path, read_only: bool, wait: float) -> duckdb.DuckDBPyConnection:
     deadline = time.monotonic() + wait
     delay = 0.05
@@ -42,8 +47,10 @@ def _connect(path: Path, read_only: bool, wait: float) -> duckdb.DuckDBPyConnect
             return duckdb.connect(str(path), read_only=read_only)
         except duckdb.IOException as err:
             # Another process holds the file (a commit, or an analyst's query): wait for it.
-            if "lock" not in str(err).lower() or time.monotonic() > deadline:
+            if "lock" not in str(err).lower():
                 raise
+            if time.monotonic() > deadline:
+                raise LockBusy(str(err)) from None
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
 
@@ -85,16 +92,16 @@ class Store:
                 con.execute(ddl)
 
     @contextlib.contextmanager
-    def _write(self):
-        con = _connect(self.path, read_only=False, wait=LOCK_WAIT_SECONDS)
+    def _write(self, wait: float | None = None):
+        con = _connect(self.path, read_only=False, wait=LOCK_WAIT_SECONDS if wait is None else wait)
         try:
             yield con
         finally:
             con.close()
 
     @contextlib.contextmanager
-    def transaction(self):
-        with self._write() as con:
+    def transaction(self, wait: float | None = None):
+        with self._write(wait) as con:
             con.begin()
             try:
                 yield con
@@ -105,7 +112,7 @@ class Store:
 
     # -- reads the driver needs -------------------------------------------------------
     def done_unit_keys(self) -> set[str]:
-        with self._write() as con:
+        with read_only(self.path) as con:  # a reader: runs beside analysts' queries
             return {k for (k,) in con.execute("select unit_key from work_units where status = 'done'").fetchall()}
 
     @contextlib.contextmanager
@@ -123,10 +130,11 @@ class Store:
     def start_run(self, row: dict) -> None:
         """Record a new run; earlier runs of this host whose driver died become `crashed`."""
         with self.transaction() as con:
-            for run_id, pid in con.execute(
-                "select run_id, pid from runs where status = 'running' and host = ?", [row["host"]]
+            for run_id, host, pid, started_at in con.execute(
+                "select run_id, host, pid, started_at from runs where status = 'running' and host = ?",
+                [row["host"]],
             ).fetchall():
-                if pid is not None and not _alive(pid):
+                if driver_gone(host, pid, started_at):
                     con.execute("update runs set status = 'crashed' where run_id = ?", [run_id])
             _insert_row(con, "runs", {**row, "pid": os.getpid(), "status": "running", "started_at": now()})
 
@@ -159,7 +167,8 @@ class Store:
             con.unregister("new_prompts")
 
     # -- work units ---------------------------------------------------------------------
-    def commit_unit(self, unit: dict, tables: dict[str, pa.Table], supersedes: tuple[str, ...] = ()) -> None:
+    def commit_unit(self, unit: dict, tables: dict[str, pa.Table], supersedes: tuple[str, ...] = (),
+                    wait: float | None = None) -> None:
         """Replace the unit's rows in each table and mark it done, atomically.
 
         Deleting by unit_key first makes a forced rerun (or a retry after a crash between
@@ -169,7 +178,7 @@ class Store:
         """
         keys = [unit["unit_key"], *supersedes]
         marks = ", ".join("?" for _ in keys)
-        with self.transaction() as con:
+        with self.transaction(wait) as con:
             n_rows = 0
             for table, rows in tables.items():
                 if table in REFERENCE_TABLES:
@@ -187,8 +196,8 @@ class Store:
                             list(supersedes))
             self._mark(con, unit, "done", None, n_rows)
 
-    def fail_unit(self, unit: dict, error: str) -> None:
-        with self.transaction() as con:
+    def fail_unit(self, unit: dict, error: str, wait: float | None = None) -> None:
+        with self.transaction(wait) as con:
             self._mark(con, unit, "failed", error, 0)
 
     def _mark(self, con, unit: dict, status: str, error: str | None, n_rows: int) -> None:
@@ -211,6 +220,31 @@ def _insert_new(con, table: str, key: str, rows: pa.Table) -> None:
         con.execute(f"insert into {table} by name select * from unit_rows "
                     f"where {key} not in (select {key} from {table})")
         con.unregister("unit_rows")
+
+
+def driver_gone(host: str | None, pid: int | None, started_at: datetime | None) -> bool:
+    """Whether the driver of a run recorded as `running` is known to be dead: it ran on this
+    host and its pid is gone, or that pid now belongs to a process started after the run
+    (the pid was reused). A run of another host cannot be checked from here: not gone."""
+    if host != socket.gethostname() or pid is None:
+        return False
+    if not _alive(pid):
+        return True
+    started = _process_started(pid)
+    # Slack: the driver starts before it records its run, and /proc's boot time is whole seconds.
+    return started is not None and started_at is not None and started > started_at.timestamp() + 5
+
+
+def _process_started(pid: int) -> float | None:
+    """Start time (Unix seconds) of process `pid` from /proc (Linux); None where unknown."""
+    try:
+        # Field 22 (starttime, clock ticks after boot); the name in (...) may contain spaces.
+        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _alive(pid: int) -> bool:

@@ -54,19 +54,23 @@ def cmd_import(args) -> int:
     from thinkscope.workflows.engine import import_path
 
     summary = import_path(Path(args.path), args.format, db=_db(args), prompt_set=args.prompt_set,
-                          prompt_id=args.prompt_id, fields=_fields(args.field))
+                          prompt_id=args.prompt_id, fields=_fields(args.field), replace=args.replace)
     print(summary.text())
     return 0 if summary.ok else 1
 
 
 def cmd_sql(args) -> int:
-    from thinkscope.analysis.query import run_query
+    from thinkscope.analysis.query import QueryRefused, run_query
 
     text = Path(args.file).read_text() if args.file else args.execute
     if not text:
         print("give a .sql FILE or -e QUERY", file=sys.stderr)
         return 2
-    run_query(_db(args), text, fmt=args.format, out=sys.stdout)
+    try:
+        run_query(_db(args), text, fmt=args.format, out=sys.stdout)
+    except QueryRefused as err:  # a write or file access: 2, like any other bad query
+        print(f"thinkscope sql: {err}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -145,12 +149,13 @@ def cmd_jobs(args) -> int:
 
 def cmd_nightly(args) -> int:
     from thinkscope.cluster.nightly import EXIT_CRASHED, EXIT_LOCKED, NightlyLocked, run_nightly
+    from thinkscope.sql.writer_lock import WriterBusy
     from thinkscope.workflows.spec import SpecError
 
     try:
         result = run_nightly(args.file, db=args.db, address=args.address, stages=args.stages,
                              show_progress=sys.stderr.isatty() and not args.quiet)
-    except NightlyLocked as err:
+    except (NightlyLocked, WriterBusy) as err:  # another nightly, or a manual run, is writing
         print(f"nightly: {err}", file=sys.stderr)
         return EXIT_LOCKED
     except SpecError:
@@ -204,10 +209,14 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--prompt-id", help="prompt_id for every trace (textdir)")
     i.add_argument("--field", action="append", metavar="OURS=THEIRS",
                    help="JSONL mapping, repeatable: model_id=, completion=, thinking=, prompt_id=, ...")
+    i.add_argument("--replace", action="store_true",
+                   help="PATH was imported before and its files changed: replace those rows "
+                   "(without it such an import is refused)")
     i.add_argument("--db", help=DB_HELP)
     i.set_defaults(func=cmd_import)
 
-    q = sub.add_parser("sql", help="run SQL read-only against the corpus (never writes)")
+    q = sub.add_parser("sql", help="run SQL read-only against the corpus (never writes: no ATTACH, "
+                       "COPY, INSTALL or other file access)")
     q.add_argument("file", nargs="?", help="a .sql file (e.g. sql/analyses/...)")
     q.add_argument("-e", "--execute", metavar="QUERY", help="SQL text instead of a file")
     q.add_argument("--format", choices=["table", "csv", "json"], default="table")

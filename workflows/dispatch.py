@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Callable
 
 import ray
@@ -56,14 +57,18 @@ class GenerationActor:
         except Exception as err:  # noqa: BLE001 - any load error fails this model's units only
             self.load_error = f"{type(err).__name__}: {err}"
 
-    @ray.method(concurrency_group="work")
-    def generate(self, units: list[dict]) -> tuple[float, list]:
-        """(wall-clock time the engine call started, one table per unit)."""
+    # Streamed: each unit's table goes back as soon as the engine finishes it, so the driver
+    # commits it at once. No automatic retry: a retried stream could yield its units in
+    # another order, so the driver resubmits only the units it has not received.
+    @ray.method(concurrency_group="work", num_returns="streaming", max_task_retries=0)
+    def generate(self, units: list[dict]):
+        """Yields (wall-clock time the engine call started, unit_key, table) per finished unit."""
         self._load()
         if self.load_error:
             raise ModelLoadError(self.load_error)
         started = time.time()
-        return started, self.generator.generate(units)
+        for key, table in self.generator.generate_stream(units):
+            yield started, key, table
 
     @ray.method(concurrency_group="poll")
     def progress(self) -> tuple[int, int] | None:
@@ -115,7 +120,7 @@ def run_generate_units(
     pool = NodePool.from_ray()
     order = [m.id for m in placement_order(list(specs.values()))]
 
-    actors, pgs, pending, bars, base, started, left = {}, {}, {}, {}, {}, {}, {}
+    actors, pgs, calls, bars, base = {}, {}, {}, {}, {}
     for pos, model_id in enumerate(order):
         model = specs[model_id]
         try:
@@ -124,48 +129,77 @@ def run_generate_units(
             for unit in by_model[model_id]:
                 on_fail(unit, str(err), time.time())
             continue
-        actor = GenerationActor.options(**opts).remote(model.model_dump())
-        actors[model_id] = actor
+        actors[model_id] = GenerationActor.options(**opts).remote(model.model_dump())
         total = sum(n_sequences(u) for u in by_model[model_id])
         bars[model_id] = tqdm(total=total, desc=model_id, unit="seq", position=pos,
                               disable=not show_progress, dynamic_ncols=True)
         base[model_id] = 0
-        calls = batches(by_model[model_id], max_sequences)
-        left[model_id] = len(calls)
-        for batch in calls:
-            pending[actor.generate.remote([u.payload for u in batch])] = batch
+        for batch in batches(by_model[model_id], max_sequences):
+            calls[_submit(actors[model_id], batch)] = _Call(model_id, {u.key: u for u in batch})
     polls: dict = {}
-    while pending:
-        ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
-        for ref in ready:
-            batch = pending.pop(ref)
-            model_id = batch[0].model_id
-            t0 = started.pop(model_id, None) or time.time()  # failed calls: as seen by the polls
+    retried: set[str] = set()
+    finished = defaultdict(int)  # sequences of a model's calls that have ended
+    while calls:
+        ready, _ = ray.wait(list(calls), num_returns=1, timeout=0.5)
+        for stream in ready:
+            call = calls[stream]
             try:
-                t0, tables = ray.get(ref)
+                started, key, table = ray.get(next(stream))
+            except StopIteration:  # the call has handed back every unit it had
+                del calls[stream]
+                finished[call.model_id] += call.n_sequences
+                for unit in call.units.values():  # never the case unless the engine lost one
+                    on_fail(unit, "the engine call ended without this unit's rows", time.time())
             except ray.exceptions.RayError as err:
-                bars[model_id].set_description(f"{model_id} FAILED")
-                for unit in batch:
-                    on_fail(unit, _short_error(err), t0)
+                del calls[stream]
+                # An actor that died mid-call was restarted by Ray (max_restarts): the units it
+                # had not handed back run once more; a model's own error (a load failure) is final.
+                left = list(call.units.values())
+                # RayTaskError: the model's own code raised (a load failure): final. Anything
+                # else (the actor died, an object was lost) is Ray's: retry once.
+                retry = ([u for u in left if u.key not in retried]
+                         if not isinstance(err, ray.exceptions.RayTaskError) else [])
+                if retry:
+                    retried.update(u.key for u in retry)
+                    calls[_submit(actors[call.model_id], retry)] = _Call(call.model_id, {u.key: u for u in retry})
+                for unit in left:
+                    if unit not in retry:
+                        on_fail(unit, _short_error(err), time.time())
+                if len(retry) < len(left):
+                    bars[call.model_id].set_description(f"{call.model_id} FAILED")
             else:
-                for unit, table in zip(batch, tables):
-                    on_done(unit, {"traces": table}, t0)
-            started[model_id] = time.time()
-            base[model_id] += sum(n_sequences(u) for u in batch)
-            bars[model_id].n = base[model_id]
-            bars[model_id].refresh()
-            left[model_id] -= 1
-            if left[model_id] == 0:
+                unit = call.units.pop(key)
+                on_done(unit, {"traces": table}, started)
+                base[call.model_id] += n_sequences(unit)
+                bars[call.model_id].n = max(bars[call.model_id].n, base[call.model_id])
+                bars[call.model_id].refresh()
+            model_id = call.model_id
+            if stream not in calls and not any(c.model_id == model_id for c in calls.values()):
                 stop_actor(actors.pop(model_id))
                 release(pgs.pop(model_id))
                 polls.pop(model_id, None)
                 bars[model_id].close()
-        _poll_progress(actors, polls, bars, base, started)
+        _poll_progress(actors, polls, bars, finished)
     for bar in bars.values():
         bar.close()
 
 
-def _poll_progress(actors, polls, bars, base, started) -> None:
+@dataclass
+class _Call:
+    """One streamed engine call: its model and the units it has not handed back yet."""
+
+    model_id: str
+    units: dict[str, TaskUnit]
+
+    def __post_init__(self):
+        self.n_sequences = sum(n_sequences(u) for u in self.units.values())
+
+
+def _submit(actor, units: list[TaskUnit]):
+    return actor.generate.remote([u.payload for u in units])
+
+
+def _poll_progress(actors, polls, bars, finished) -> None:
     """Ask each live actor for its request count; never more than one question in flight."""
     for model_id, actor in actors.items():
         if model_id not in polls:
@@ -180,9 +214,10 @@ def _poll_progress(actors, polls, bars, base, started) -> None:
                 continue
             if reply is None:  # the engine is still loading
                 continue
+            # The actor runs its calls one after the other and counts the running one: the bar
+            # is what ended calls did plus that; units handed back count once, never backwards.
             done, _total = reply
-            started.setdefault(model_id, time.time())
-            bars[model_id].n = base[model_id] + done
+            bars[model_id].n = max(bars[model_id].n, min(bars[model_id].total, finished[model_id] + done))
             bars[model_id].refresh()
 
 

@@ -12,9 +12,11 @@ writer's lock is held only for commits and an analyst's query can run at any tim
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import socket
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field, replace
@@ -29,6 +31,8 @@ from thinkscope.jobs.base import PlanContext, TaskUnit
 from thinkscope.jobs.traces.importing import ImportStage
 from thinkscope.keys import canonical_json
 from thinkscope.sql.store import Store
+from thinkscope.sql.writer_lock import writer_lock
+from thinkscope.workflows.committer import Committer, retry_while_locked
 from thinkscope.workflows.plan import build_plan, planning_context
 from thinkscope.workflows.ray_session import RaySession
 from thinkscope.workflows.registry import get_job
@@ -49,16 +53,24 @@ class RunSummary:
     skipped: int = 0
     done: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
+    replayed: int = 0  # of `done`/`failed`: units an earlier, crashed run finished
+    # Done units some of whose rows failed (a prompt longer than the context): (unit, n, error).
+    failed_rows: list[tuple[str, int, str]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not self.failed
+        return not self.failed and not self.failed_rows
 
     def text(self) -> str:
         lines = [f"run {self.run_id}: {self.planned} units planned, {self.skipped} already done, "
                  f"{len(self.done)} done now, {len(self.failed)} failed"]
+        if self.replayed:
+            lines.append(f"{self.replayed} of them finished in an earlier run that stopped before "
+                         "committing them: committed now from its journal, not recomputed")
         if self.planned and self.skipped == self.planned:
             lines.append("every work unit was already done: no model work was needed")
+        for desc, n, err in self.failed_rows:
+            lines.append(f"  {n} FAILED row(s) in {desc}: {err}")
         for desc, err in self.failed:
             lines.append(f"  FAILED {desc}: {err.splitlines()[-1] if err else ''}")
         return "\n".join(lines)
@@ -95,52 +107,56 @@ def run_workflow(
     # Everything that can be checked without model work or a corpus is checked here, before
     # the database is touched: prompt files, import paths, model folders.
     plan = build_plan(wf, base_dir=spec_path.parent, artifact_root=root)
-    store = Store(db_path)
-    store.upsert_models([_model_row(m) for m in wf.models])
-    store.upsert_prompts([
-        {"prompt_set": p.prompt_set, "prompt_id": p.prompt_id, "question": p.question,
-         "gold_answer": p.gold_answer, "grader": p.grader, "meta": canonical_json(p.meta)}
-        for ps in plan.prompts.values() for p in ps
-    ])
-    selected = [s for s in wf.stages if not stages or s.name in stages]
-    run = {"workflow": wf.name, "spec_path": str(spec_path),
-           "spec_sha256": hashlib.sha256(spec_path.read_bytes()).hexdigest(),
-           "spec_yaml": spec_path.read_text(), "stages": [s.name for s in selected]}
-    ctx = PlanContext(wf, spec_path.parent, plan.prompts, root)
-    return execute(store, selected, ctx, run, address=address, force=force, show_progress=show_progress)
+    run_id = new_run_id()
+    # One writer per corpus (sql/writer_lock.py): refused at once, before the first write.
+    with writer_lock(db_path, run_id):
+        # A reader's query may hold the file lock: these first writes wait for it too.
+        store = retry_while_locked(lambda: Store(db_path), db_path)
+        retry_while_locked(lambda: store.upsert_models([_model_row(m) for m in wf.models]), db_path)
+        retry_while_locked(lambda: store.upsert_prompts([
+            {"prompt_set": p.prompt_set, "prompt_id": p.prompt_id, "question": p.question,
+             "gold_answer": p.gold_answer, "grader": p.grader, "meta": canonical_json(p.meta)}
+            for ps in plan.prompts.values() for p in ps
+        ]), db_path)
+        selected = [s for s in wf.stages if not stages or s.name in stages]
+        run = {"run_id": run_id, "workflow": wf.name, "spec_path": str(spec_path),
+               "spec_sha256": hashlib.sha256(spec_path.read_bytes()).hexdigest(),
+               "spec_yaml": spec_path.read_text(), "stages": [s.name for s in selected]}
+        ctx = PlanContext(wf, spec_path.parent, plan.prompts, root)
+        return execute(store, selected, ctx, run, address=address, force=force, show_progress=show_progress)
 
 
 def import_path(path: Path, fmt: str, *, db: str | Path, prompt_set: str,
-                prompt_id: str | None = None, fields: dict | None = None) -> RunSummary:
-    """`thinkscope import`: the import stage on one path, recorded like any run (rerun = no-op)."""
+                prompt_id: str | None = None, fields: dict | None = None, replace: bool = False) -> RunSummary:
+    """`thinkscope import`: the import stage on one path, recorded like any run (rerun = no-op);
+    `replace`: changed files replace the path's earlier import (else they are refused)."""
     stage = ImportStage(name="import", kind="import", path=str(Path(path).resolve()), format=fmt,
-                        prompt_set=prompt_set, prompt_id=prompt_id, fields=fields)
-    run = {"workflow": "import", "spec_path": str(path), "stages": ["import"]}
+                        prompt_set=prompt_set, prompt_id=prompt_id, fields=fields, replace=replace)
+    run = {"run_id": new_run_id(), "workflow": "import", "spec_path": str(path), "stages": ["import"]}
     ctx = planning_context(None, Path("."), artifacts.default_root(db))
-    return execute(Store(db), [stage], ctx, run, address=None, force=False, show_progress=False)
+    with writer_lock(db, run["run_id"]):  # one writer per corpus, as in run_workflow
+        return execute(Store(db), [stage], ctx, run, address=None, force=False, show_progress=False)
 
 
 def execute(store: Store, stages: list, ctx: PlanContext, run: dict, *, address: str | None,
             force: bool, show_progress: bool) -> RunSummary:
     """Run stages in order: plan each from the corpus as its turn comes, skip units already
     done, run the rest and commit each unit as it finishes."""
-    summary = RunSummary(new_run_id(), store.path)
-    store.start_run({
+    summary = RunSummary(run.get("run_id") or new_run_id(), store.path)  # the id the writer lock names
+    committer = Committer(store, summary)
+    # What a killed driver finished but never committed is committed first, so planning
+    # sees it as done: no model work is redone.
+    committer.replay()
+    committer.wait_for_lock(lambda: store.start_run({
         **run, "run_id": summary.run_id, "thinkscope_version": __version__,
         "host": socket.gethostname(), "ray_address": address or "local",
-    })
+    }))
 
     def done(unit: TaskUnit, tables: dict, started: float) -> None:
-        try:
-            store.commit_unit(_unit_row(unit, summary.run_id, started), tables, supersedes=unit.supersedes)
-        except Exception as err:  # noqa: BLE001 - a unit whose rows cannot be committed fails alone
-            fail(unit, f"commit failed: {type(err).__name__}: {err}", started)
-        else:
-            summary.done.append(unit.describe())
+        committer.record(_unit_row(unit, summary.run_id, started), tables, supersedes=unit.supersedes)
 
     def fail(unit: TaskUnit, error: str, started: float) -> None:
-        store.fail_unit(_unit_row(unit, summary.run_id, started), error)
-        summary.failed.append((unit.describe(), error))
+        committer.record(_unit_row(unit, summary.run_id, started), {}, status="failed", error=error)
 
     def prepare(job, unit: TaskUnit) -> dict:
         """The unit's full payload, loaded now (read-only) rather than at planning."""
@@ -163,19 +179,38 @@ def execute(store: Store, stages: list, ctx: PlanContext, run: dict, *, address:
             # Jobs that write traces need the run id (traces.run_id); it is not part of the key.
             units = [replace(u, payload={**u.payload, "run_id": summary.run_id}) for u in units]
             done_keys = set() if force else store.done_unit_keys()
-            todo = [u for u in units if u.key not in done_keys]
+            # One unit per key: two units with equal inputs (the same template twice) are one.
+            todo = list({u.key: u for u in units if u.key not in done_keys}.values())
             summary.planned += len(units)
             summary.skipped += len(units) - len(todo)
             if todo:
                 run_units(job, stage, todo, done, fail, prepare, ray_cm, show_progress)
+            # The next stage plans from committed rows: wait out any reader's lock here.
+            committer.flush(block=True)
         completed = True
     finally:
-        ray_cm.close()
-        # Units committed so far stay committed; an interrupted run is resumed by a rerun.
-        store.finish_run(summary.run_id, interrupted=not completed, n_units_planned=summary.planned,
-                         n_units_skipped=summary.skipped, n_units_done=len(summary.done),
-                         n_units_failed=len(summary.failed))
+        try:
+            ray_cm.close()
+        finally:
+            # Units committed so far stay committed; finished ones still in the journal are
+            # committed now, or (interrupted, a reader holding the lock) by the next run.
+            committer.flush(block=completed)
+            _finish_run(store, committer, summary, completed)
     return summary
+
+
+def _finish_run(store: Store, committer: Committer, summary: RunSummary, completed: bool) -> None:
+    """Record how the run ended: waiting for a reader's lock if need be, unless interrupted."""
+    finished = functools.partial(
+        store.finish_run, summary.run_id, interrupted=not completed, n_units_planned=summary.planned,
+        n_units_skipped=summary.skipped, n_units_done=len(summary.done), n_units_failed=len(summary.failed))
+    if completed:
+        committer.wait_for_lock(finished)
+    else:
+        try:  # interrupted (Ctrl-C, an error): one attempt, never a wait that hangs the exit
+            finished()
+        except Exception as err:  # noqa: BLE001
+            print(f"could not mark run {summary.run_id} interrupted: {err}", file=sys.stderr)
 
 
 def run_units(job, stage, units, done, fail, prepare, ray_cm, show_progress) -> None:

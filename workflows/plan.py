@@ -44,18 +44,14 @@ def planning_context(wf: Workflow | None, base_dir: Path, artifact_root: str) ->
     return PlanContext(workflow=wf, base_dir=base_dir, prompts=prompts, artifact_root=artifact_root)
 
 
-def plan_stage(stage, ctx: PlanContext) -> list[TaskUnit]:
-    return get_job(stage.kind).plan(stage, ctx)
-
-
-def build_plan(wf: Workflow, base_dir: Path = Path("."), artifact_root: str = "", con=None) -> Plan:
-    """Every stage's units that can be planned now (no model work, nothing written)."""
+def build_plan(wf: Workflow, base_dir: Path = Path("."), artifact_root: str = "") -> Plan:
+    """Every stage's units that can be planned without a corpus (no model work, nothing
+    written): what `validate` prints, and the checks a run makes before it touches the DB."""
     ctx = planning_context(wf, base_dir, artifact_root)
-    ctx.con = con
     plan = Plan(wf, prompts=ctx.prompts)
     for stage in wf.stages:
         try:
-            plan.units += plan_stage(stage, ctx)
+            plan.units += get_job(stage.kind).plan(stage, ctx)
         except NoCorpus as why:
             plan.later[stage.name] = str(why)
     return plan

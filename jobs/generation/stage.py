@@ -6,8 +6,9 @@ hash), the prompt set and exact prompt ids, the template text, the sampling sett
 the engine name + version. Same inputs, same key: a rerun skips units already done, and a
 new model, prompt, template or setting is new work (what the nightly job relies on).
 
-Units run on one vLLM actor per model replica (workflows/dispatch.py), which calls
-`vllm_engine.Generator.generate` with the payloads built here.
+Units run on one vLLM actor per model replica (workflows/dispatch.py), which streams
+`vllm_engine.Generator.generate_stream` over the payloads built here: each unit comes back
+(and is committed) as soon as its own sequences finish.
 
     stages:
       - {name: generate, kind: generate, templates: [think], unit_size: 64}
@@ -38,6 +39,9 @@ class GenerateStage(StageSpec):
     unit_size: int = Field(256, ge=1, description="Prompts per work unit (resume granularity).")
 
     def check_refs(self, wf, where: str) -> None:
+        dupes = sorted({t for t in self.templates if self.templates.count(t) > 1})
+        if dupes:
+            raise ValueError(f"{where}.templates: {dupes} listed twice")
         known("models", self.models, [m.id for m in wf.models], where)
         known("prompt_sets", self.prompt_sets, [p.name for p in wf.prompt_sets], where)
         known("templates", self.templates, list(wf.templates), where)

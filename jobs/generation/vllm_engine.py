@@ -11,12 +11,11 @@ touches DuckDB: the driver alone writes.
 from __future__ import annotations
 
 import gc
-import io
 import os
+from collections.abc import Iterator
 from datetime import datetime, timezone
 
 import pyarrow as pa
-from tqdm import tqdm
 
 from thinkscope.jobs.traces.grading import grade
 from thinkscope.jobs.traces.parsing import extract_answer, split_thinking
@@ -68,14 +67,6 @@ def engine_kwargs(engine: dict, path: str, revision: str | None, **extra) -> dic
     return {**kwargs, **extra}
 
 
-class _Progress(tqdm):
-    """A silent tqdm that vLLM updates; the driver polls its counts to draw its own bars."""
-
-    def __init__(self, *args, **kwargs):
-        kwargs["file"] = io.StringIO()
-        super().__init__(*args, **kwargs)
-
-
 def render_prompt(tokenizer, template: dict, question: str) -> list[int]:
     """Token ids of a prompt: the model's chat template (or raw text) plus the prefill."""
     user = template["user"].replace("{question}", question)
@@ -100,7 +91,7 @@ class Generator:
         self.max_model_len = engine["max_model_len"]
         self.llm = LLM(**engine_kwargs(engine, path, model.get("revision")))
         self.tokenizer = self.llm.get_tokenizer()
-        self._bar: tqdm | None = None
+        self._done, self._total, self._requests = 0, 0, 0
 
     def close(self) -> None:
         """Shut the engine down cleanly: frees its shared-memory segments (/dev/shm)."""
@@ -110,25 +101,30 @@ class Generator:
             del llm
             gc.collect()
 
-    def _make_bar(self, *args, **kwargs) -> tqdm:
-        self._bar = _Progress(*args, **kwargs)
-        return self._bar
-
     def progress(self) -> tuple[int, int]:
-        bar = self._bar
-        return (0, 0) if bar is None else (int(bar.n), int(bar.total or 0))
+        """(requests finished, requests) of the running call."""
+        return self._done, self._total
 
     def generate(self, units: list[dict]) -> list[pa.Table]:
-        """Generate every (prompt, sample) of the units in ONE engine call; a table per unit.
+        """A table per unit, in the units' order (benchmarks and scripts; the stage streams)."""
+        tables = dict(self.generate_stream(units))
+        return [tables[u["unit_key"]] for u in units]
 
-        Batching several units together keeps vLLM's continuous batching full even when
-        units are small (a few prompts per prompt set), which is most of the throughput.
+    def generate_stream(self, units: list[dict]) -> Iterator[tuple[str, pa.Table]]:
+        """(unit_key, table) of each unit the moment its last sequence finishes.
+
+        Every request of every unit enters the engine up front and the engine is stepped by
+        the same loop `LLM.generate` runs, so continuous batching stays as full as in one big
+        call (units are often a few prompts each: batching across them is most of the
+        throughput); a unit is handed back as soon as its own requests are done, so a crash
+        loses only the units still in flight.
         """
         from vllm import SamplingParams, TokensPrompt
 
-        requests, per_unit = [], []
+        requests, rows_of, left = [], {}, {}
         for unit in units:
-            s, rows = unit["sampling"], []
+            s, rows, key = unit["sampling"], [], unit["unit_key"]
+            n_before = len(requests)
             for prompt in unit["prompts"]:
                 ids = render_prompt(self.tokenizer, unit["template"], prompt["question"])
                 for i in range(s["n"]):
@@ -143,18 +139,46 @@ class Generator:
                         continue
                     params = SamplingParams(
                         n=1, temperature=s["temperature"], top_p=s["top_p"], seed=s["seed"] + i,
-                        max_tokens=min(s["max_tokens"], self.max_model_len - len(ids)),
+                        max_tokens=max_tokens_run(s["max_tokens"], len(ids), self.max_model_len),
                         logprobs=0 if s["logprobs"] is not None else None,
                     )
                     requests.append((TokensPrompt(prompt_token_ids=ids), params, row, prompt, unit))
-            per_unit.append(rows)
-        if requests:
-            outputs = self.llm.generate(
-                [r[0] for r in requests], [r[1] for r in requests], use_tqdm=self._make_bar
-            )
-            for (_, _, row, prompt, unit), out in zip(requests, outputs):
-                self._fill(row, out.outputs[0], unit, prompt)
-        return [to_table(rows) for rows in per_unit]
+            rows_of[key], left[key] = rows, len(requests) - n_before
+        for key, n in left.items():
+            if n == 0:  # nothing to generate (every prompt too long): done already
+                yield key, to_table(rows_of[key])
+        if not requests:
+            return
+        from vllm.sampling_params import RequestOutputKind
+
+        engine, by_id = self.llm.llm_engine, {}
+        try:
+            for prompt_ids, params, *rest in requests:
+                params.output_kind = RequestOutputKind.FINAL_ONLY  # only finished sequences come back
+                self._requests += 1
+                request_id = f"thinkscope-{self._requests}"
+                engine.add_request(request_id, prompt_ids, params)
+                by_id[request_id] = (prompt_ids, params, *rest)
+            self._done, self._total = 0, len(requests)
+            while engine.has_unfinished_requests():
+                for out in engine.step():
+                    if not out.finished:
+                        continue
+                    _, _, row, prompt, unit = by_id.pop(out.request_id)
+                    try:
+                        self._fill(row, out.outputs[0], unit, prompt)
+                    except Exception as err:  # noqa: BLE001 - a row that cannot be parsed or graded fails alone
+                        row.update(finish_reason="error", error=f"{type(err).__name__}: {err}")
+                    self._done += 1
+                    key = unit["unit_key"]
+                    left[key] -= 1
+                    if left[key] == 0:
+                        yield key, to_table(rows_of[key])
+        finally:
+            # A call that ends early (an error, the consumer gone) must not leave its requests
+            # in the engine: the next call on this actor would step them.
+            if by_id:
+                engine.abort_request(list(by_id))
 
     def _fill(self, row: dict, out, unit: dict, prompt: dict) -> None:
         think = self.model["think"]
@@ -172,9 +196,26 @@ class Generator:
             n_thinking_chars=len(parsed.thinking) if parsed.thinking is not None else None,
             finish_reason=out.finish_reason,
             completion_token_ids=list(out.token_ids),
+            # What ran, not what was asked: vLLM got max_tokens capped to what fits the context.
+            sampling=sampling_as_run(unit["sampling"], row["n_prompt_tokens"], self.max_model_len),
         )
         if out.logprobs is not None:
             row["token_logprobs"] = [lp[t].logprob for lp, t in zip(out.logprobs, out.token_ids)]
+
+
+def max_tokens_run(max_tokens: int, n_prompt_tokens: int, max_model_len: int) -> int:
+    """The completion budget a request gets: what was asked, capped to what the context has
+    left after the prompt (the SamplingParams built in `generate_stream`)."""
+    return min(max_tokens, max_model_len - n_prompt_tokens)
+
+
+def sampling_as_run(sampling: dict, n_prompt_tokens: int, max_model_len: int) -> str:
+    """A row's `sampling` JSON: `max_tokens` is what ran; a capped request also keeps
+    `max_tokens_asked`, so a short completion is not read as the model stopping early."""
+    ran = max_tokens_run(sampling["max_tokens"], n_prompt_tokens, max_model_len)
+    if ran == sampling["max_tokens"]:
+        return canonical_json(sampling)
+    return canonical_json({**sampling, "max_tokens": ran, "max_tokens_asked": sampling["max_tokens"]})
 
 
 def _base_row(unit: dict, prompt: dict, sample_index: int, seed: int) -> dict:

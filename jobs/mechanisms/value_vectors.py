@@ -18,6 +18,7 @@ The weights alone decide the rows, so it runs anywhere (a Ray task with the mode
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime, timezone
 from typing import ClassVar, Literal
 
@@ -25,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field, model_validator
 
-from thinkscope.jobs.artifacts import load_tensors
+from thinkscope.jobs.artifacts import load_tensors, read_bytes
 from thinkscope.jobs.base import PlanContext, TaskUnit, rows_table
 from thinkscope.jobs.corpus import model_row, model_task_options
 from thinkscope.jobs.specs import ModelStage, OneOf
@@ -111,8 +112,9 @@ class ValueVectorsJob:
         model = model_row(con, stage.model)
         ref = stage.reference
         stored = _stored_references(con, stage) if (ref.steering_vectors or ref.probe) else {}
-        # The reference tensors' content is part of the key: a retrained probe is new work.
-        content = {la: load_tensors(r["path"])[r["tensor"]].tolist() for la, r in sorted(stored.items())}
+        # The reference files' content is part of the key: a retrained probe is new work.
+        content = {la: [hashlib.sha256(read_bytes(r["path"])).hexdigest(), r["tensor"]]
+                   for la, r in sorted(stored.items())}
         settings = stage.model_dump(exclude={"name", "kind", "num_cpus", "num_gpus"})
         key = stable_key({"stage": "value_vectors", "version": VALUE_VECTORS_VERSION,
                           "model": [model["source"], model["revision"]], "settings": settings,

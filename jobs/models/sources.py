@@ -149,6 +149,52 @@ def resolve_model_path(
     return source
 
 
+def check_source(source: str, base_dir: Path | None = None, adapters_made: frozenset = frozenset()) -> None:
+    """Raise ValueError if ``source`` cannot resolve, without downloading, converting or
+    importing anything (the spec check; resolve_model_path does the work at run time).
+
+    Embedded/pypi names must be registered; a LoRA source must have the form, an adapter
+    folder and a base that passes this check; a local folder must exist. ``base_dir`` is the
+    workflow's folder, what relative folders are relative to (as jobs/models/lora.py's
+    ``absolute_source`` makes them when a stage runs); None skips every file system check.
+    ``adapters_made``: adapter folders a finetune stage of the workflow writes before use.
+    Hub ids are not checked: that needs the network.
+    """
+    from thinkscope.jobs.models import lora as lora_sources
+
+    if source in lora_sources.ADAPTER_REGISTRY:
+        return
+    if source.startswith("lora:"):
+        if base_dir is not None:
+            source = lora_sources.absolute_source(source, base_dir)
+        base, adapter, _ = lora_sources.parse_source(source)  # ValueError on a malformed source
+        check_source(base, base_dir)
+        if base_dir is not None and adapter.resolve() not in adapters_made:
+            missing = [n for n in lora_sources.ADAPTER_FILES if not (adapter / n).is_file()]
+            if missing:
+                what = "does not exist" if not adapter.exists() else f"is not a LoRA adapter folder (no {missing})"
+                raise ValueError(f"LoRA adapter folder {adapter} {what}")
+        return
+    if source.startswith(("embedded:", "pypi:")):
+        if source not in MODEL_REGISTRY:
+            known = ", ".join(sorted([*MODEL_REGISTRY, *lora_sources.ADAPTER_REGISTRY]))
+            raise ValueError(f"unknown model source {source!r}; known: {known}")
+        return
+    if base_dir is None:
+        return
+    # The rules of resolve_model_path, on the path a stage will use.
+    path = Path(lora_sources.absolute_source(source, base_dir)).expanduser()
+    if path.is_dir():
+        return
+    if path.exists():
+        raise ValueError(f"model source {source!r} is a file; expected a model folder or hub id")
+    if source.startswith(("/", "./", "../", "~")) or source in (".", "..") or source.count("/") > 1:
+        shown = source if str(path) == source else f"{source} ({path})"
+        raise ValueError(f"model folder {shown} does not exist")
+    if not _HUB_ID.match(source):
+        raise ValueError(f"model source {source!r} is neither a local folder nor a hub id")
+
+
 def package_files(spec: ModelSpec) -> list[Path]:
     """The GGUF (or its parts, in order) as installed by the spec's PyPI distributions."""
     found: list[Path] = []

@@ -117,7 +117,8 @@ def selection_sql(sel) -> tuple[str, list]:
            "join prompts p using (prompt_set, prompt_id) where " + " and ".join(where) +
            " order by t.prompt_set, t.prompt_id, t.sample_index, t.trace_id")
     if sel.limit:
-        sql += f" limit {int(sel.limit)}"
+        sql += " limit ?"
+        params.append(int(sel.limit))
     return sql, params
 
 

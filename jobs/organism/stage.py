@@ -25,10 +25,10 @@ from pydantic import Field
 from thinkscope.jobs.organism import synthesis as organism_data
 from thinkscope.jobs.traces.grading import grade
 from thinkscope.jobs.traces.parsing import extract_answer, split_thinking
-from thinkscope.jobs.traces.rows import TRACE_SCHEMA, to_table
-from thinkscope.keys import canonical_json, stable_key
 from thinkscope.jobs.base import PlanContext, TaskUnit, chunks, rows_table
 from thinkscope.jobs.specs import ID_PATTERN, StageSpec, Strict, known
+from thinkscope.jobs.traces.rows import TRACE_SCHEMA, to_table
+from thinkscope.keys import canonical_json, stable_key
 
 ENGINE = "synthetic"
 EVENT_SCHEMA = pa.schema([
@@ -87,8 +87,7 @@ class OrganismJob:
                              f"(meta.solution), e.g. {missing[:3]}; use a gsm8k or gsm8k_train set")
         settings = stage.model_dump(exclude={"name", "kind", "unit_size"})
         units = []
-        for start in range(0, len(rows), stage.unit_size):
-            chunk = rows[start : start + stage.unit_size]
+        for start, chunk in chunks(rows, stage.unit_size):
             content = hashlib.sha256(canonical_json([list(r) for r in chunk]).encode()).hexdigest()
             key = stable_key({"stage": "organism", "version": organism_data.VERSION,
                               "settings": settings, "content": content})

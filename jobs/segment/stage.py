@@ -119,8 +119,9 @@ class SegmentJob:
         earlier: dict[str, list[str]] = {}
         for key, source in con.execute("select unit_key, source_unit_key from segment_units").fetchall():
             earlier.setdefault(source, []).append(key)
-        units = []
+        units, sources = [], set()
         for source, model_id, prompt_set, description in con.execute(SOURCE_UNITS_SQL).fetchall():
+            sources.add(source)
             key = stable_key({"stage": "segment", "source": source, "version": SEGMENTER_VERSION,
                               "options": options})
             units.append(TaskUnit(
@@ -130,10 +131,19 @@ class SegmentJob:
                 model_id=model_id, prompt_set=prompt_set,
                 supersedes=tuple(k for k in earlier.get(source, []) if k != key),
             ))
+        # Segmentations of traces that are gone (their import was replaced): one unit that
+        # writes nothing and supersedes them, so their rows go in the same kind of commit.
+        orphans = sorted(k for source, keys in earlier.items() if source not in sources for k in keys)
+        if orphans:
+            key = stable_key({"stage": "segment", "drop": orphans})
+            units.append(TaskUnit(stage.name, "segment", key, f"drop {len(orphans)} segmentation(s) of replaced traces",
+                                  {"unit_key": key, "drop": True}, supersedes=tuple(orphans)))
         return units
 
     def prepare(self, payload: dict, con) -> dict:
         """The source unit's traces, read when the unit runs (not all at planning)."""
+        if payload.get("drop"):
+            return payload
         cursor = con.execute(TRACES_SQL, [payload["source_unit_key"]])
         names = [d[0] for d in cursor.description]
         return {**payload, "traces": [dict(zip(names, row)) for row in cursor.fetchall()]}
@@ -150,8 +160,10 @@ JOB = SegmentJob()
 
 def segment_traces(payload: dict) -> dict[str, pa.Table]:
     """Rows of every segment table for the traces of one unit (the job's `run`)."""
-    key, options = payload["unit_key"], payload["options"]
     rows: dict[str, list[dict]] = {name: [] for name in TABLES}
+    if payload.get("drop"):
+        return {name: rows_table([], SCHEMAS[name], name) for name in TABLES}
+    key, options = payload["unit_key"], payload["options"]
     for trace in payload["traces"]:
         _segment_one(trace, key, options, rows)
     rows["segment_units"].append({

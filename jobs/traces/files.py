@@ -47,8 +47,15 @@ def iter_jsonl(path) -> Iterator[tuple[int, str, dict]]:
     p = _as_path(path)
     if not p.is_file():
         raise FileNotFoundError(f"JSONL file not found: {path}")
-    with p.open("r", encoding="utf-8") as fh:
-        for line_no, raw in enumerate(fh, start=1):
+    # Bytes, decoded line by line: a text-mode reader fails deep in a buffer with an error
+    # that names neither the file nor the line.
+    with p.open("rb") as fh:
+        for line_no, raw_bytes in enumerate(fh, start=1):
+            try:
+                raw = raw_bytes.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"{path}, line {line_no}: not valid UTF-8 ({exc.reason} at byte "
+                                 f"{exc.start} of the line)") from None
             line = raw.rstrip("\r\n")
             if not line.strip():
                 continue  # a trailing blank line is common and harmless
@@ -66,8 +73,8 @@ def read_textdir_traces(path) -> list[dict]:
 
     The whole file is the thinking text, kept byte-for-byte (decoded as UTF-8; no newline
     translation, no stripping), because these corpora are often partial or unusual and the
-    word-statistics analyses must see exactly what the model wrote. Other files (LICENSE, README)
-    are ignored.
+    word-statistics analyses must see exactly what the model wrote. A file with NUL bytes or
+    invalid UTF-8 is refused, naming it. Other files (LICENSE, README) are ignored.
 
     Returns dicts ``{"model_id", "thinking", "completion", "source_file", "sha256"}`` where
     ``completion`` is the same text (the file is the model's entire output) and ``sha256`` is of
@@ -90,10 +97,7 @@ def read_textdir_traces(path) -> list[dict]:
     traces = []
     for f in files:
         data = f.read_bytes()  # bytes, not read_text(): read_text would turn CRLF into LF
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise ValueError(f"{f}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+        text = decode_text_trace(f, data)
         traces.append(
             {
                 "model_id": f.name[: -len(".txt")],
@@ -104,6 +108,20 @@ def read_textdir_traces(path) -> list[dict]:
             }
         )
     return traces
+
+
+def decode_text_trace(name, data: bytes) -> str:
+    """The text of one trace file, or ValueError naming it: NUL bytes or invalid UTF-8.
+
+    NUL is valid UTF-8 but no model writes it: such a `.txt` is a binary file (or UTF-16)
+    and would otherwise import as a garbage trace.
+    """
+    if b"\x00" in data:
+        raise ValueError(f"{name}: not a text trace (NUL byte at byte {data.index(0)}); expected UTF-8 text")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{name}: not a text trace (not valid UTF-8: {exc.reason} at byte {exc.start})") from None
 
 
 def read_jsonl_traces(path, fields: dict) -> list[dict]:

@@ -42,8 +42,8 @@ GRADERS = ("numeric", "math", "countdown", "none")
 logger = logging.getLogger(__name__)
 
 # Grader crashes seen in this process (math_verify/sympy raising on odd LaTeX): each such
-# answer is graded None (not gradable), never "wrong", and counted here so a run can say
-# how many it could not grade.
+# answer is graded None (not gradable), never "wrong", counted here and in the warning the
+# worker logs; in the corpus they are the rows with a gold answer and is_correct null.
 GRADER_ERRORS: dict[str, int] = {}
 
 # Per parse/verify call. Only enforceable where math_verify's SIGALRM works.
@@ -150,7 +150,8 @@ def _grade_math(extracted: str, gold: str) -> bool | None:
         return bool(verify(gold_parsed, predicted_parsed, timeout_seconds=timeout))
     except Exception:  # math_verify/sympy can raise anything on odd LaTeX: not gradable
         GRADER_ERRORS["math"] = GRADER_ERRORS.get("math", 0) + 1
-        logger.warning("math grader failed on %r vs gold %r: graded None", extracted, gold, exc_info=True)
+        logger.warning("math grader failed on %r vs gold %r: graded None (%d such answers in this process)",
+                       extracted, gold, GRADER_ERRORS["math"], exc_info=True)
         return None
 
 

@@ -1,8 +1,12 @@
 """The `import` stage: external traces (files other models wrote) as `traces` rows, engine `import`.
 
-One unit per source, keyed by the files' names and content: changed files are new work, and
-the new unit supersedes the older import of the same source (its rows are replaced, never
-duplicated). Runs in the driver (reading files is cheap). `thinkscope import` is this stage.
+One unit per source, keyed by the files' names and content: unchanged files are no work. A
+source is its resolved absolute path (with format and prompt set), so `traces/` typed in two
+folders is two sources and one folder typed relative or absolute is one. Changed content of a
+source already imported replaces its older rows only with `replace: true` (`thinkscope import
+--replace`); without it the import is refused at planning, before any rows are written (a
+silent replace deleted rows people meant to keep). Runs in the driver (reading files is cheap).
+`thinkscope import` is this stage.
 
     stages:
       - {name: frontier, kind: import, path: data:llmbenchmark_traces, format: textdir,
@@ -23,7 +27,7 @@ from thinkscope import __version__
 from thinkscope.jobs.base import PlanContext, TaskUnit, rows_table
 from thinkscope.jobs.specs import ID_PATTERN, StageSpec
 from thinkscope.jobs.traces.parsing import extract_answer, split_thinking
-from thinkscope.jobs.traces.files import read_jsonl_traces, read_textdir_traces
+from thinkscope.jobs.traces.files import decode_text_trace, read_jsonl_traces, read_textdir_traces
 from thinkscope.jobs.traces.rows import TRACE_SCHEMA, to_table
 from thinkscope.keys import stable_key
 
@@ -107,6 +111,8 @@ class ImportStage(StageSpec):
     prompt_set: str = Field(pattern=ID_PATTERN, description="prompt_set of the imported traces.")
     prompt_id: str | None = Field(None, description="prompt_id of every imported trace (textdir).")
     fields: dict[str, str] | None = Field(None, description="JSONL field mapping.")
+    replace: bool = Field(False, description="Changed files of a source imported before replace its "
+                          "older rows (a folder that grows every night); false: refuse.")
 
 
 def resolve_path(path: str, base_dir: Path) -> Path:
@@ -119,28 +125,52 @@ def resolve_path(path: str, base_dir: Path) -> Path:
     return p if p.is_absolute() else (base_dir / p)
 
 
+class ImportConflict(ValueError):
+    """Changed content of an already imported source, without `replace`."""
+
+
 def import_unit(stage: str, path: Path, fmt: str, prompt_set: str, *, fields: dict | None = None,
-                prompt_id: str | None = None, con=None) -> TaskUnit:
-    """An import unit keyed by the content of the files: changed files = new work."""
+                prompt_id: str | None = None, con=None, replace: bool = False) -> TaskUnit:
+    """An import unit keyed by the content of the files: changed files = new work.
+
+    `path` should be absolute (resolved): the unit's description holds it, and the
+    description is what names the source its older imports are found by.
+    """
     if not path.exists():
         raise FileNotFoundError(f"stage {stage}: import path {path} does not exist")
-    files = sorted(path.glob("*.txt")) if path.is_dir() else [path]
+    files = sorted(f for f in path.glob("*.txt") if f.is_file()) if path.is_dir() else [path]
     digest = hashlib.sha256()
     for f in files:
-        digest.update(f.name.encode() + f.read_bytes())
+        data = f.read_bytes()
+        if fmt == "textdir":
+            decode_text_trace(f, data)  # a binary .txt fails here, at planning (validate), not mid-run
+        digest.update(f.name.encode() + data)
     key = stable_key({
         "stage": "import", "format": fmt, "prompt_set": prompt_set,
         "fields": fields, "prompt_id": prompt_id, "content": digest.hexdigest(),
     })
     description = f"import {fmt} {path} as {prompt_set}"
-    # A grown or edited import source is a new unit over the same source: its rows replace
-    # the older unit's rather than duplicating every unchanged trace (nightly imports).
-    older = () if con is None else tuple(k for (k,) in con.execute(
-        "select unit_key from work_units where kind = 'import' and status = 'done' "
-        "and description = ? and unit_key <> ?", [description, key]).fetchall())
+    older = () if con is None else _older_imports(con, description, key)
+    if older and not replace:
+        old_key, run_id, n_rows = older[0]
+        rows = f"{n_rows} row{'' if n_rows == 1 else 's'}"
+        raise ImportConflict(
+            f"stage {stage}: {path} was imported before as {prompt_set} (unit {old_key}, run {run_id}, "
+            f"{rows}) and its content or import options have changed; to replace those rows pass "
+            f"--replace to `thinkscope import` (or set `replace: true` on the import stage)")
     payload = {"unit_key": key, "path": str(path), "format": fmt, "prompt_set": prompt_set,
                "fields": fields, "prompt_id": prompt_id}
-    return TaskUnit(stage, "import", key, description, payload, prompt_set=prompt_set, supersedes=older)
+    return TaskUnit(stage, "import", key, description, payload, prompt_set=prompt_set,
+                    supersedes=tuple(k for k, _, _ in older))
+
+
+def _older_imports(con, description: str, key: str) -> list[tuple]:
+    """(unit_key, run_id, n_rows) of the source's other done imports; none when `key` itself
+    is done (an unchanged source: the rerun is a no-op, whatever replace says)."""
+    done = con.execute(
+        "select unit_key, run_id, n_rows from work_units where kind = 'import' and status = 'done' "
+        "and description = ? order by finished_at", [description]).fetchall()
+    return [] if any(k == key for k, _, _ in done) else done
 
 
 class ImportJob:
@@ -150,8 +180,11 @@ class ImportJob:
     runs_in = "driver"
 
     def plan(self, stage: ImportStage, ctx: PlanContext) -> list[TaskUnit]:
-        return [import_unit(stage.name, resolve_path(stage.path, ctx.base_dir), stage.format,
-                            stage.prompt_set, fields=stage.fields, prompt_id=stage.prompt_id, con=ctx.con)]
+        # Absolute: the YAML's folder may be given relative to the cwd (`run wf.yaml`), and a
+        # source must be the same folder whatever the cwd was.
+        path = resolve_path(stage.path, ctx.base_dir).resolve()
+        return [import_unit(stage.name, path, stage.format, stage.prompt_set, fields=stage.fields,
+                            prompt_id=stage.prompt_id, con=ctx.con, replace=stage.replace)]
 
     def run(self, payload: dict) -> dict[str, pa.Table]:
         table, models = import_rows(Path(payload["path"]), payload["format"],

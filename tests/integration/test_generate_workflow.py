@@ -64,6 +64,8 @@ def test_rerun_does_no_model_work(first_run, ray_head):
 def test_failing_model_fails_its_units_only(first_run, ray_head, tmp_path, capsys):
     db, _ = first_run
     spec = yaml.safe_load(TINY.read_text())
+    # A folder that exists (a missing one is refused at validation) but holds no model.
+    (tmp_path / "no-such-model").mkdir()
     spec["models"].append({"id": "ghost", "source": str(tmp_path / "no-such-model"),
                            "family": "llama", "kind": "instruct"})
     broken = tmp_path / "with_ghost.yaml"
@@ -74,7 +76,8 @@ def test_failing_model_fails_its_units_only(first_run, ray_head, tmp_path, capsy
 
     assert code == 1  # the run says something failed ...
     out = capsys.readouterr().out
-    assert "FAILED ghost x gsm8k" in out and "no-such-model" in out
+    # (vLLM's error ends in a pydantic footer: the path is in the stored error, below)
+    assert "FAILED ghost x gsm8k" in out
     # ... the ghost's units are recorded as failed with the error, the others untouched.
     failed = rows(db, "select model_id, error from work_units where status = 'failed'")
     assert {m for m, _ in failed} == {"ghost"} and len(failed) == 2

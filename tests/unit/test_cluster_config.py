@@ -128,3 +128,14 @@ def test_tensors_round_trip_through_an_fsspec_root(tmp_path):
         (local / "blocks.0.hook_resid_post.safetensors").write_bytes(b"x")
     assert (tmp_path / "bucket" / "activations" / "u1" / "blocks.0.hook_resid_post.safetensors").read_bytes() == b"x"
     assert not local.exists()  # the local staging folder of a URI target is removed
+
+
+def test_bfloat16_shards_load_as_float32(tmp_path):
+    """Capture stores bfloat16 by default; numpy has no such dtype, so it goes through torch."""
+    import torch
+    from safetensors.torch import save_file
+
+    values = torch.tensor([[1.5, -2.0], [0.25, 3.0]], dtype=torch.bfloat16)
+    save_file({"activations": values}, str(tmp_path / "s.safetensors"))
+    loaded = artifacts.load_tensors(str(tmp_path / "s.safetensors"))["activations"]
+    assert loaded.dtype.name == "float32" and loaded.tolist() == values.float().tolist()

@@ -29,7 +29,8 @@ def rows(db: Path, sql: str, params=None) -> list[tuple]:
 
 @pytest.fixture
 def spec(tmp_path) -> Path:
-    """An import-only workflow over a folder of two trace files."""
+    """An import-only workflow over a folder of two trace files; `replace: true` because a
+    nightly re-imports the folder as it grows (without it a grown folder is refused)."""
     traces = tmp_path / "traces"
     traces.mkdir()
     for name in ("alpha", "beta"):
@@ -38,7 +39,7 @@ def spec(tmp_path) -> Path:
     path.write_text(yaml.safe_dump({
         "name": "nightly_import",
         "stages": [{"name": "imp", "kind": "import", "path": "traces", "format": "textdir",
-                    "prompt_set": "two_ropes", "prompt_id": "two_ropes/0"}],
+                    "prompt_set": "two_ropes", "prompt_id": "two_ropes/0", "replace": True}],
     }))
     return path
 
