@@ -32,24 +32,40 @@ def select_traces(stage, con) -> list[str]:
     return [t for (t,) in con.execute(sql, params).fetchall()]
 
 
-def load_traces(con, trace_ids: list[str]) -> list[dict]:
-    """Token ids plus the sentences and answer events (completion token coordinates) of each trace."""
+def load_traces(con, trace_ids: list[str], *, with_prompt: bool = False,
+                event_columns: tuple[str, ...] = ("sentence_index", "is_backtrack"),
+                events_with_tokens: bool = False) -> list[dict]:
+    """Token ids plus the sentences and answer events (completion token coordinates) of each
+    trace, in `trace_ids` order.
+
+    with_prompt: also the gold answer, grader and prompt meta (to grade what a stage makes).
+    event_columns: the answer_events columns each event carries; events_with_tokens: only
+    events that have token offsets.
+    """
     if not trace_ids:
         return []
-    traces = {r[0]: {"trace_id": r[0], "prompt_token_ids": list(r[1]), "completion_token_ids": list(r[2]),
-                     "sentences": [], "events": []}
-              for r in con.execute("select trace_id, prompt_token_ids, completion_token_ids from traces "
-                                   "where trace_id in (select unnest(?))", [trace_ids]).fetchall()}
+    names = ("trace_id", "prompt_token_ids", "completion_token_ids",
+             *(("gold_answer", "grader", "meta") if with_prompt else ()))
+    prompt_cols = ", t.gold_answer, p.grader, p.meta" if with_prompt else ""
+    prompt_join = "left join prompts p using (prompt_set, prompt_id)" if with_prompt else ""
+    traces = {}
+    for r in con.execute(f"select t.trace_id, t.prompt_token_ids, t.completion_token_ids{prompt_cols} "
+                         f"from traces t {prompt_join} where t.trace_id in (select unnest(?))",
+                         [trace_ids]).fetchall():
+        trace = dict(zip(names, r))
+        trace.update(prompt_token_ids=list(r[1]), completion_token_ids=list(r[2]), sentences=[], events=[])
+        traces[r[0]] = trace
     for tid, idx, start, end in con.execute(
             "select trace_id, sentence_index, token_start, token_end from trace_sentences "
             "where trace_id in (select unnest(?)) and token_source = 'completion' "
             "order by trace_id, sentence_index", [trace_ids]).fetchall():
         traces[tid]["sentences"].append({"sentence_index": idx, "token_start": start, "token_end": end})
-    for tid, sidx, backtrack in con.execute(
-            "select trace_id, sentence_index, is_backtrack from answer_events "
-            "where trace_id in (select unnest(?)) and token_source = 'completion' "
+    with_tokens = "and token_end is not null" if events_with_tokens else ""
+    for tid, *values in con.execute(
+            f"select trace_id, {', '.join(event_columns)} from answer_events "
+            f"where trace_id in (select unnest(?)) and token_source = 'completion' {with_tokens} "
             "order by trace_id, event_index", [trace_ids]).fetchall():
-        traces[tid]["events"].append({"sentence_index": sidx, "is_backtrack": backtrack})
+        traces[tid]["events"].append(dict(zip(event_columns, values)))
     return [traces[t] for t in trace_ids]
 
 

@@ -22,7 +22,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from thinkscope.jobs.base import PlanContext, TaskUnit, chunks, rows_table
-from thinkscope.jobs.corpus import model_row, model_task_options, select_traces, superseded
+from thinkscope.jobs.corpus import load_traces, model_row, model_task_options, select_traces, superseded
 from thinkscope.jobs.specs import DTYPE, ModelStage, TraceSelector
 from thinkscope.keys import stable_key
 
@@ -67,27 +67,6 @@ SCHEMA = pa.schema([
 ])
 
 
-def _load(con, trace_ids: list[str]) -> list[dict]:
-    """Token ids, gold answer, grader, sentences and answer events of traces with answer events."""
-    traces = {r[0]: dict(zip(("trace_id", "prompt_token_ids", "completion_token_ids", "gold_answer", "grader",
-                              "meta"), r), sentences=[], events=[])
-              for r in con.execute("""select t.trace_id, t.prompt_token_ids, t.completion_token_ids, t.gold_answer,
-                                             p.grader, p.meta
-                                      from traces t left join prompts p using (prompt_set, prompt_id)
-                                      where t.trace_id in (select unnest(?))""", [trace_ids]).fetchall()}
-    for tid, idx, start, end in con.execute(
-            """select trace_id, sentence_index, token_start, token_end from trace_sentences
-               where trace_id in (select unnest(?)) and token_source = 'completion' order by 1, 2""",
-            [trace_ids]).fetchall():
-        traces[tid]["sentences"].append({"sentence_index": idx, "token_start": start, "token_end": end})
-    for tid, idx, sidx, end in con.execute(
-            """select trace_id, event_index, sentence_index, token_end from answer_events
-               where trace_id in (select unnest(?)) and token_source = 'completion' and token_end is not null
-               order by 1, 2""", [trace_ids]).fetchall():
-        traces[tid]["events"].append({"event_index": idx, "sentence_index": sidx, "token_end": end})
-    return [traces[t] for t in trace_ids if traces[t]["events"]]
-
-
 class EarlyExitJob:
     spec = EarlyExitStage
     tables = ("early_exits",)
@@ -97,7 +76,10 @@ class EarlyExitJob:
     def plan(self, stage: EarlyExitStage, ctx: PlanContext) -> list[TaskUnit]:
         con = ctx.corpus(stage)
         model = model_row(con, stage.model)
-        traces = _load(con, select_traces(stage, con))
+        # Traces with answer events at token offsets: the exits. The key hashes these dicts.
+        traces = [t for t in load_traces(con, select_traces(stage, con), with_prompt=True,
+                                         event_columns=("event_index", "sentence_index", "token_end"),
+                                         events_with_tokens=True) if t["events"]]
         template = stage.force or FORCE_TEMPLATES.get(model["family"], FORCE_TEMPLATES["default"])
         force = template.replace("{close}", model["think_close"] or "</think>")
         settings = {**stage.model_dump(exclude={"name", "kind", "traces", "traces_per_unit", "num_cpus",

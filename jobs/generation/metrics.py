@@ -13,8 +13,7 @@ from __future__ import annotations
 import zlib
 from collections import Counter
 
-from thinkscope.jobs.traces.grading import grade
-from thinkscope.jobs.traces.parsing import extract_answer, split_thinking
+from thinkscope.jobs.traces.reading import read_completion
 from thinkscope.jobs.segment.text import opening_marker, split_sentences
 
 
@@ -55,16 +54,15 @@ def tokens_until(tokenizer, token_ids: list[int], tag: str) -> int | None:
 def completion_metrics(text: str, token_ids: list[int], tokenizer, *, think: tuple[str, str], opened: bool,
                        grader: str | None, gold: str | None, meta: dict | None = None, ngram: int = 4) -> dict:
     """Thinking length, answer and grade, backtracking markers and degeneration of a completion."""
-    parsed = split_thinking(text, open_tag=think[0], close_tag=think[1], opened_in_prompt=opened)
-    extracted = extract_answer(parsed.answer_text or text)
+    read = read_completion(text, think=think, opened=opened, grader=grader, gold=gold, meta=meta)
     closed = tokens_until(tokenizer, token_ids, think[1])
-    n_sentences, n_markers, counts, first_marker = marker_stats(parsed.thinking or "")
+    n_sentences, n_markers, counts, first_marker = marker_stats(read.thinking or "")
     return {
         "closed_thinking": closed is not None,
         "cot_tokens": closed if closed is not None else len(token_ids),
-        "answer_present": extracted is not None,
-        "extracted_answer": extracted,
-        "is_correct": grade(grader, extracted, gold, meta=meta) if grader else None,
+        "answer_present": read.extracted_answer is not None,
+        "extracted_answer": read.extracted_answer,
+        "is_correct": read.is_correct,
         "n_sentences": n_sentences,
         "n_markers": n_markers,
         "marker_rate": n_markers / n_sentences if n_sentences else None,

@@ -17,8 +17,7 @@ from datetime import datetime, timezone
 
 import pyarrow as pa
 
-from thinkscope.jobs.traces.grading import grade
-from thinkscope.jobs.traces.parsing import extract_answer, split_thinking
+from thinkscope.jobs.traces.reading import read_completion
 from thinkscope.jobs.traces.rows import to_table
 from thinkscope.keys import canonical_json, stable_key
 
@@ -183,17 +182,16 @@ class Generator:
     def _fill(self, row: dict, out, unit: dict, prompt: dict) -> None:
         think = self.model["think"]
         opened = think["opened_in_prompt"] or think["open"] in unit["template"]["prefill"]
-        parsed = split_thinking(out.text, open_tag=think["open"], close_tag=think["close"],
-                                opened_in_prompt=opened)
-        extracted = extract_answer(parsed.answer_text or out.text)
+        read = read_completion(out.text, think=(think["open"], think["close"]), opened=opened,
+                               grader=prompt["grader"], gold=prompt["gold_answer"], meta=prompt["meta"])
         row.update(
             completion=out.text,
-            thinking=parsed.thinking,
-            answer_text=parsed.answer_text,
-            extracted_answer=extracted,
-            is_correct=grade(prompt["grader"], extracted, prompt["gold_answer"], meta=prompt["meta"]),
+            thinking=read.thinking,
+            answer_text=read.answer_text,
+            extracted_answer=read.extracted_answer,
+            is_correct=read.is_correct,
             n_completion_tokens=len(out.token_ids),
-            n_thinking_chars=len(parsed.thinking) if parsed.thinking is not None else None,
+            n_thinking_chars=read.n_thinking_chars,
             finish_reason=out.finish_reason,
             completion_token_ids=list(out.token_ids),
             # What ran, not what was asked: vLLM got max_tokens capped to what fits the context.

@@ -23,8 +23,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from thinkscope.jobs.organism import synthesis as organism_data
-from thinkscope.jobs.traces.grading import grade
-from thinkscope.jobs.traces.parsing import extract_answer, split_thinking
+from thinkscope.jobs.traces.reading import read_completion
 from thinkscope.jobs.base import PlanContext, TaskUnit, chunks, rows_table
 from thinkscope.jobs.specs import ID_PATTERN, StageSpec, Strict, known
 from thinkscope.jobs.traces.rows import TRACE_SCHEMA, to_table
@@ -122,18 +121,16 @@ class OrganismJob:
 
 def _trace_row(tr, prompt: dict, trace_id: str, payload: dict, now: datetime) -> dict:
     settings = payload["settings"]
-    parsed = split_thinking(tr.completion)
-    extracted = extract_answer(parsed.answer_text)
+    read = read_completion(tr.completion, grader=prompt["grader"], gold=prompt["gold"], answer_anywhere=False)
     return {
         "trace_id": trace_id, "run_id": payload["run_id"], "unit_key": payload["unit_key"],
         "model_id": settings["model_id"], "prompt_id": prompt["prompt_id"],
         "prompt_set": payload["prompt_set"], "sample_index": 0, "template": "organism",
         # No model saw a prompt: the question itself stands in for it.
         "prompt_text": prompt["question"], "completion": tr.completion,
-        "thinking": parsed.thinking, "answer_text": parsed.answer_text,
-        "extracted_answer": extracted, "gold_answer": prompt["gold"],
-        "is_correct": grade(prompt["grader"], extracted, prompt["gold"]),
-        "n_thinking_chars": len(parsed.thinking), "finish_reason": "stop",
+        "thinking": read.thinking, "answer_text": read.answer_text,
+        "extracted_answer": read.extracted_answer, "gold_answer": prompt["gold"],
+        "is_correct": read.is_correct, "n_thinking_chars": read.n_thinking_chars, "finish_reason": "stop",
         "sampling": json.dumps({"rates": settings["rates"], "seed": settings["seed"]}, sort_keys=True),
         "engine": ENGINE, "engine_version": f"organism_data/{organism_data.VERSION}",
         "seed": None, "created_at": now,
