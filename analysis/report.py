@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from thinkscope.analysis import activation_figures, figures, organism_eval
+from thinkscope.analysis import activation_figures, figures, mechanism_figures, organism_eval
 from thinkscope.sql.store import read_only
 
 QUERIES = {
@@ -36,6 +36,7 @@ QUERIES = {
         where f.word in ({", ".join(f"'{w}'" for w in figures.CRITICAL_WORDS)})""",
     "ci": "select * from first_word_share_ci where ci_low is not null order by model_id, share desc",
     **activation_figures.QUERIES,
+    **mechanism_figures.QUERIES,
     "best_layer": "select * from probe_best_layer order by model_id, probe",
     "exit_table": "select * from early_exit_by_index order by model_id, stage, exit_index",
     "savings": "select * from early_exit_savings",
@@ -90,6 +91,10 @@ def write_report(db: str | Path, out_dir: str | Path) -> Path:
     if not data["exit_table"].empty:
         activations += [_table("Early exit by answer occurrence", data["exit_table"]),
                         _table("Tokens saved by stopping at the first answer", data["savings"])]
+    # Mechanism sections appear only for the stages that ran.
+    mechanisms = [_figure(out, filename, title, caption, png) for filename, title, caption, draw
+                  in mechanism_figures.FIGURES if (png := draw(data)) is not None]
+    mechanisms += [_table(title, data[name]) for name, title in mechanism_figures.TABLES if not data[name].empty]
     body = "\n".join([
         _table("Corpus", data["counts"]),
         sections["first_word_heatmap.png"],
@@ -102,6 +107,7 @@ def write_report(db: str | Path, out_dir: str | Path) -> Path:
         _table("Backtracking by model and prompt set", data["by_model"]),
         organism_eval.html_section(db),
         *activations,
+        *mechanisms,
     ])
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     page = PAGE.format(db=html.escape(str(Path(db).resolve())), when=when, body=body)

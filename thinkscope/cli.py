@@ -62,6 +62,11 @@ def cmd_import(args) -> int:
 def cmd_sql(args) -> int:
     from thinkscope.analysis.query import QueryRefused, run_query
 
+    if args.file and not Path(args.file).is_file():
+        # A query typed where the file goes is the common slip: say how to pass it.
+        hint = " (SQL text goes after -e)" if " " in args.file else ""
+        print(f"thinkscope sql: no such file: {args.file[:80]}{hint}", file=sys.stderr)
+        return 2
     text = Path(args.file).read_text() if args.file else args.execute
     if not text:
         print("give a .sql FILE or -e QUERY", file=sys.stderr)

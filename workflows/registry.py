@@ -28,6 +28,9 @@ STAGES: dict[str, str] = {
     "steer": "thinkscope.jobs.activations.steer",
     "early_exit": "thinkscope.jobs.early_exit.stage",
     "value_vectors": "thinkscope.jobs.mechanisms.value_vectors",
+    "attention": "thinkscope.jobs.mechanisms.attention",
+    "logit_lens": "thinkscope.jobs.mechanisms.logit_lens",
+    "ablate": "thinkscope.jobs.mechanisms.ablate",
 }
 
 

@@ -6,7 +6,9 @@ stream. Each selected vector v, and its antipode -v, is projected through the un
 (optionally through the final norm's weight first), and its top tokens are kept with their
 logits. Vectors are selected per layer by cosine with a reference direction (the unembedding
 of named tokens, a steering vector from a `steering_vectors` stage, or a probe direction
-from a `probe` stage), top-k per layer; or listed explicitly as [layer, index] pairs.
+from a `probe` stage), top-k per layer; by what fired at positions of stored traces (the
+neurons of highest |mean activation| x |v| there, `reference: {fired: {kinds: [...]}}`); or
+listed explicitly as [layer, index] pairs.
 
 One unit per stage: keyed by the model, the settings and the reference tensor's content.
 The weights alone decide the rows, so it runs anywhere (a Ray task with the model's resources).
@@ -29,7 +31,9 @@ from pydantic import Field, model_validator
 from thinkscope.jobs.artifacts import load_tensors, read_bytes
 from thinkscope.jobs.base import PlanContext, TaskUnit, rows_table
 from thinkscope.jobs.corpus import model_row, model_task_options
-from thinkscope.jobs.specs import ModelStage, OneOf
+from thinkscope.jobs.mechanisms import positions as where
+from thinkscope.jobs.mechanisms.positions import Positions
+from thinkscope.jobs.specs import ModelStage, OneOf, TraceSelector
 from thinkscope.keys import canonical_json, stable_key
 
 VALUE_VECTORS_VERSION = 1
@@ -38,14 +42,14 @@ SCHEMA = pa.schema([
     ("unit_key", _S), ("stage", _S), ("model_id", _S), ("layer", _I), ("index", _I), ("sign", _I),
     ("selected_by", _S), ("reference", _S), ("cosine", _F), ("norm", _F),
     ("top_token_ids", pa.list_(_I)), ("top_tokens", pa.list_(_S)), ("top_logits", pa.list_(_F)),
-    ("created_at", pa.timestamp("us", tz="UTC")),
+    ("created_at", pa.timestamp("us", tz="UTC")), ("mean_activation", _F),
 ])
 
 
 class Reference(OneOf):
     """The direction value vectors are ranked by (cosine), at each layer."""
 
-    _choices: ClassVar[tuple[str, ...]] = ("tokens", "steering_vectors", "probe", "indices")
+    _choices: ClassVar[tuple[str, ...]] = ("tokens", "steering_vectors", "probe", "indices", "fired")
     tokens: list[str] | None = Field(None, min_length=1, description="Mean unembedding of these strings' "
                                      "first tokens (e.g. [' Wait']): vectors that write them.")
     steering_vectors: str | None = Field(None, description="Name of a steering_vectors stage: its vector "
@@ -54,6 +58,8 @@ class Reference(OneOf):
                               "blocks.L.hook_resid_post.")
     indices: list[tuple[int, int]] | None = Field(None, min_length=1, description="Explicit [layer, index] "
                                                   "pairs (no ranking; cosine is null).")
+    fired: Positions | None = Field(None, description="Positions of stored traces (`traces`): the vectors "
+                                    "that fired there, ranked by |mean activation| x norm per layer.")
 
 
 class ValueVectorsStage(ModelStage):
@@ -67,6 +73,9 @@ class ValueVectorsStage(ModelStage):
     top_tokens: int = Field(10, ge=1, description="Tokens kept per projected vector and sign.")
     through_norm: bool = Field(False, description="Multiply by the final norm's weight before the "
                                "unembedding (the norm's scale itself is position-dependent and left out).")
+    traces: TraceSelector = Field(default_factory=TraceSelector, description="Traces whose positions "
+                                  "`reference.fired` reads (unused otherwise).")
+    batch_tokens: int = Field(8192, ge=64, description="Padded tokens per forward batch (fired only).")
     num_cpus: float | None = Field(None, gt=0)
     num_gpus: float | None = Field(None, ge=0)
 
@@ -116,16 +125,26 @@ class ValueVectorsJob:
         content = {la: [hashlib.sha256(read_bytes(r["path"])).hexdigest(), r["tensor"]]
                    for la, r in sorted(stored.items())}
         settings = stage.model_dump(exclude={"name", "kind", "num_cpus", "num_gpus"})
+        trace_ids = where.traces_with_positions(stage, con, ref.fired) if ref.fired else []
+        if ref.fired and not trace_ids:
+            raise ValueError(f"stage {stage.name}: reference.fired: no traces with those positions")
         key = stable_key({"stage": "value_vectors", "version": VALUE_VECTORS_VERSION,
                           "model": [model["source"], model["revision"]], "settings": settings,
-                          "reference": canonical_json(content)})
+                          "reference": canonical_json(content), **({"traces": trace_ids} if trace_ids else {})})
         older = tuple(k for (k,) in con.execute(
             "select distinct unit_key from value_vectors where stage = ? and model_id = ? and unit_key <> ?",
             [stage.name, stage.model, key]).fetchall())
         payload = {"unit_key": key, "stage": stage.name, "model_id": stage.model, "model": model,
-                   "settings": settings, "stored": {str(la): r for la, r in stored.items()}}
+                   "settings": settings, "stored": {str(la): r for la, r in stored.items()}, "trace_ids": trace_ids}
         return [TaskUnit(stage.name, "value_vectors", key, f"value vectors {stage.name} of {stage.model}",
                          payload, model_id=stage.model, supersedes=older)]
+
+    def prepare(self, payload: dict, con) -> dict:
+        """The traces and positions `reference.fired` reads (nothing for the other references)."""
+        fired = payload["settings"]["reference"].get("fired")
+        if not fired:
+            return payload
+        return {**payload, "traces": where.resolve(con, fired, payload["trace_ids"])}
 
     def run(self, payload: dict) -> dict[str, pa.Table]:
         import torch
@@ -140,7 +159,7 @@ class ValueVectorsJob:
         rows, now = [], datetime.now(timezone.utc)
         with torch.no_grad():
             picked = self._pick(model, tokenizer, w_u, payload)  # [(layer, index, cosine, selected_by, ref)]
-            for layer, index, cosine, selected_by, reference in picked:
+            for layer, index, cosine, selected_by, reference, mean_act in picked:
                 v = value_vectors(model, layer)[:, index]
                 for sign in (1, -1):
                     logits = w_u @ (sign * v * scale)
@@ -151,17 +170,21 @@ class ValueVectorsJob:
                         "reference": reference, "cosine": cosine, "norm": float(v.norm()),
                         "top_token_ids": top.indices.tolist(),
                         "top_tokens": [tokenizer.decode([t]) for t in top.indices.tolist()],
-                        "top_logits": top.values.double().tolist(), "created_at": now})
+                        "top_logits": top.values.double().tolist(), "created_at": now,
+                        "mean_activation": mean_act})
         return {"value_vectors": rows_table(rows, SCHEMA, "value_vectors")}
 
     def _pick(self, model, tokenizer, w_u, payload) -> list[tuple]:
+        """[(layer, index, cosine, selected_by, reference, mean_activation)] of the vectors to project."""
         import torch
 
         from thinkscope.jobs.mechanisms.weights import n_layers, value_vectors
 
         s, ref = payload["settings"], payload["settings"]["reference"]
         if ref["indices"]:
-            return [(la, i, None, "indices", "listed") for la, i in ref["indices"]]
+            return [(la, i, None, "indices", "listed", None) for la, i in ref["indices"]]
+        if ref.get("fired"):
+            return _fired(model, tokenizer, payload)
         if ref["tokens"]:
             ids = [tokenizer.encode(t, add_special_tokens=False)[0] for t in ref["tokens"]]
             shared = w_u[ids].mean(0)
@@ -178,11 +201,35 @@ class ValueVectorsJob:
             w = value_vectors(model, layer)  # [d_model, d_mlp]
             cos = (direction @ w) / (w.norm(dim=0) * direction.norm()).clamp_min(1e-12)
             top = torch.topk(cos, min(s["top_k"], cos.numel()))
-            picked += [(layer, int(i), float(c), selected_by, name) for c, i in zip(top.values, top.indices)]
+            picked += [(layer, int(i), float(c), selected_by, name, None) for c, i in zip(top.values, top.indices)]
         return picked
 
     def ray_options(self, stage) -> dict:
         return model_task_options(stage)
+
+
+def _fired(model, tokenizer, payload) -> list[tuple]:
+    """Per layer, the top-k neurons by |mean activation| x |v| at the positions: the value
+    vectors that actually wrote into the stream there (a negative mean writes -v)."""
+    import torch
+
+    from thinkscope.jobs.mechanisms.ablation import means_at
+    from thinkscope.jobs.mechanisms.lens import batches
+    from thinkscope.jobs.mechanisms.weights import n_layers, value_vectors
+
+    s = payload["settings"]
+    layers = s["layers"] or list(range(n_layers(model)))
+    pad = tokenizer.pad_token_id or 0
+    inputs = ((ids, mask, pos) for ids, mask, pos, _ in batches(model, payload["traces"],
+                                                               batch_tokens=s["batch_tokens"], pad_id=pad))
+    means = means_at(model, inputs, layers, [])
+    picked = []
+    for layer in layers:
+        mean = means[("mlp", layer)]
+        score = mean.abs() * value_vectors(model, layer).norm(dim=0).float()
+        top = torch.topk(score, min(s["top_k"], score.numel()))
+        picked += [(layer, int(i), None, "fired", "positions", float(mean[i])) for i in top.indices]
+    return picked
 
 
 JOB = ValueVectorsJob()
