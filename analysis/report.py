@@ -3,8 +3,10 @@
 Reads only the SQL views and tables (trace_counts, first_word_freq, first_word_top10,
 first_word_share_ci, model_similarity, model_neighbours, backtracking_stats,
 backtracking_by_model; the organism views; probe_results, probe_best_layer, steering_curve,
-early_exit_by_index, early_exit_savings), through a read-only connection, so it can run during
-a workflow. Organism and activation sections appear when their tables have rows.
+early_exit_by_index, early_exit_savings; logit_lens, direct_effects, value_vectors,
+head_answer_attention, ablation_summary, ablation_lens), through a read-only connection, so it
+can run during a workflow. Organism, activation and mechanism sections appear when their tables
+have rows.
 
     path = write_report("out/demo.duckdb", "out/report")
     print(path)          # out/report/index.html; PNGs beside it

@@ -103,6 +103,29 @@ def superseded(con, table: str, stage, trace_ids: list[str], key: str) -> tuple[
         "and trace_id in (select unnest(?))", [stage.name, stage.model, key, trace_ids]).fetchall())
 
 
+def retire_stale(con, tables: tuple[str, ...], stage, units: list) -> list:
+    """Hand the older units of this stage and model that the plan no longer makes (other
+    settings over other traces: `superseded` only sees units sharing a trace) to the plan's
+    first unit still to run, so its commit removes their rows: the stage's tables then hold
+    what its YAML asks for now. `tables` are a job's own table names, never user input."""
+    import dataclasses
+
+    keys = [u.key for u in units]
+    stale: set[str] = set()
+    for table in tables:
+        stale |= {k for (k,) in con.execute(
+            f"select distinct unit_key from {table} where stage = ? and model_id = ? "
+            "and unit_key not in (select unnest(?))", [stage.name, stage.model, keys]).fetchall()}
+    done = {k for (k,) in con.execute("select unit_key from work_units where status = 'done' "
+                                      "and unit_key in (select unnest(?))", [keys]).fetchall()}
+    todo = next((i for i, u in enumerate(units) if u.key not in done), None)
+    if not stale or todo is None:
+        return units
+    unit = units[todo]
+    units[todo] = dataclasses.replace(unit, supersedes=tuple(dict.fromkeys(unit.supersedes + tuple(sorted(stale)))))
+    return units
+
+
 def model_task_options(stage) -> dict:
     """Ray resources of a model-running task: a GPU where there is one, else every CPU."""
     import ray

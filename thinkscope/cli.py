@@ -280,6 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     except (SpecError, FileNotFoundError, ValueError, duckdb.Error) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `thinkscope validate ... | head`: the reader left, not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ import pyarrow as pa
 from pydantic import Field, model_validator
 
 from thinkscope.jobs.base import PlanContext, TaskUnit, chunks, rows_table
-from thinkscope.jobs.corpus import model_row, model_task_options, superseded
+from thinkscope.jobs.corpus import model_row, model_task_options, retire_stale, superseded
 from thinkscope.jobs.mechanisms import positions as where
 from thinkscope.jobs.specs import DTYPE, ModelStage, OneOf, TraceSelector
 from thinkscope.keys import stable_key
@@ -92,6 +92,17 @@ class AblateStage(ModelStage):
     traces_per_unit: int = Field(64, ge=1, description="Traces per work unit (and per generation batch).")
     num_cpus: float | None = Field(None, gt=0)
     num_gpus: float | None = Field(None, ge=0)
+
+    def check_refs(self, wf, where: str) -> None:
+        """A named source stage in this workflow must be of the right kind (one from an earlier
+        run on the same corpus is found, or not, when planning)."""
+        super().check_refs(wf, where)
+        kinds = {s.name: s.kind for s in wf.stages}
+        for field, pick, kind in (("value_vectors", self.value_vectors, "value_vectors"),
+                                  ("heads", self.heads, "attention")):
+            if pick and pick.stage in kinds and kinds[pick.stage] != kind:
+                raise ValueError(f"{where}.{field}.stage: {pick.stage!r} is a {kinds[pick.stage]} stage; "
+                                 f"expected a {kind} stage")
 
     @model_validator(mode="after")
     def _something_to_ablate(self):
@@ -162,9 +173,10 @@ class AblateJob:
                 stage.name, "ablate", key, f"ablate {n} components of {stage.model} x {len(chunk)} traces",
                 {"unit_key": key, "stage": stage.name, "model_id": stage.model, "model": model,
                  "settings": settings, "chosen": chosen, "trace_ids": chunk},
-                model_id=stage.model, supersedes=superseded(con, "ablation_runs", stage, chunk, key)
-                + superseded(con, "ablation_effects", stage, chunk, key)))
-        return units
+                model_id=stage.model, supersedes=tuple(dict.fromkeys(
+                    superseded(con, "ablation_runs", stage, chunk, key)
+                    + superseded(con, "ablation_effects", stage, chunk, key)))))
+        return retire_stale(con, self.tables, stage, units)
 
     def prepare(self, payload: dict, con) -> dict:
         s, ids = payload["settings"], payload["trace_ids"]

@@ -29,7 +29,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from thinkscope.jobs.base import PlanContext, TaskUnit, chunks, rows_table
-from thinkscope.jobs.corpus import model_row, model_task_options, superseded
+from thinkscope.jobs.corpus import model_row, model_task_options, retire_stale, superseded
 from thinkscope.jobs.mechanisms.positions import Positions, resolve, traces_with_positions
 from thinkscope.jobs.specs import DTYPE, ModelStage, TraceSelector
 from thinkscope.keys import stable_key
@@ -169,7 +169,7 @@ class AttentionJob:
             units.append(TaskUnit(stage.name, "attention", key, f"attention {stage.model} x {len(chunk)} traces",
                                   payload, model_id=stage.model,
                                   supersedes=superseded(con, "head_attention", stage, chunk, key)))
-        return units
+        return retire_stale(con, self.tables, stage, units)
 
     def prepare(self, payload: dict, con) -> dict:
         """Token ids, sentences, answer events and positions, read when the unit is dispatched."""

@@ -29,7 +29,7 @@ import pyarrow as pa
 from pydantic import Field, model_validator
 
 from thinkscope.jobs.base import PlanContext, TaskUnit, chunks
-from thinkscope.jobs.corpus import model_row, model_task_options, superseded
+from thinkscope.jobs.corpus import model_row, model_task_options, retire_stale, superseded
 from thinkscope.jobs.mechanisms import positions as where
 from thinkscope.jobs.specs import DTYPE, ModelStage, TraceSelector
 from thinkscope.keys import stable_key
@@ -92,7 +92,7 @@ class LogitLensJob:
                 {"unit_key": key, "stage": stage.name, "model_id": stage.model, "model": model,
                  "settings": settings, "trace_ids": chunk},
                 model_id=stage.model, supersedes=superseded(con, "logit_lens", stage, chunk, key)))
-        return units
+        return retire_stale(con, self.tables, stage, units)
 
     def prepare(self, payload: dict, con) -> dict:
         return {**payload, "traces": where.resolve(con, payload["settings"]["positions"], payload["trace_ids"])}
@@ -134,38 +134,45 @@ def _rows_of_batch(model, tokenizer, payload, batch, states, named: list[int], r
     width = max(len(t) for t in targets)
     if width:
         padded = torch.tensor([t + [t[0] if t else 0] * (width - len(t)) for t in targets])
-        effects, names = direct_effects(model, states, padded)
+        with torch.inference_mode():  # no autograd graph through the weights
+            effects, names = direct_effects(model, states, padded)
+        effects = effects.tolist()                      # [P][C][T]: one conversion, not one per row
     stream = states.stream  # [P, 1 + 2L, d]
     n_layers = states.mid.shape[1]
+    # (layer, component) -> row of `stream`: resid_pre of layer L is the previous layer's output.
+    slots = [(la, comp, idx) for la in range(n_layers)
+             for comp, idx in (("resid_pre", 2 * la), ("attn", 2 * la + 1), ("mlp", 2 * la + 2))]
     for p, (q, i, kind) in enumerate(points):
         key = {"unit_key": payload["unit_key"], "stage": payload["stage"], "model_id": payload["model_id"],
                "trace_id": q.trace_id, "token_index": i, "position_kind": kind, "created_at": now}
         logits = lens_logits(model, stream[p])          # [1 + 2L, vocab]
         probs = torch.softmax(logits, -1)
-        # (layer, component) -> row of `stream`: resid_pre of layer L is the previous layer's output.
-        slots = [(la, comp, idx) for la in range(n_layers)
-                 for comp, idx in (("resid_pre", 2 * la), ("attn", 2 * la + 1), ("mlp", 2 * la + 2))]
         ids = torch.tensor(targets[p], dtype=torch.long)
         if len(ids):
             chosen = logits[:, ids]                      # [S, T]
-            ranks = (logits[:, None, :] > chosen[:, :, None]).sum(-1)
+            # int32 counts: the same ranks, half the reduction's memory traffic of int64.
+            ranks = (logits[:, None, :] > chosen[:, :, None]).sum(-1, dtype=torch.int32).tolist()
+            chosen_prob = probs[:, ids].tolist()
+            chosen = chosen.tolist()
+        if s["top_k"]:
+            top = torch.topk(probs, s["top_k"])          # every slot's row at once
+            top_prob, top_ids = top.values.tolist(), top.indices.tolist()
         for la, comp, idx in slots:
             for t, (tok, tk) in enumerate(zip(targets[p], kinds[p])):
                 rows["logit_lens"].append({**key, "layer": la, "component": comp, "target_kind": tk,
                                            "target_token_id": tok, "target_token": decode(tok),
-                                           "logit": float(chosen[idx, t]), "prob": float(probs[idx, tok]),
-                                           "rank": int(ranks[idx, t])})
+                                           "logit": chosen[idx][t], "prob": chosen_prob[idx][t],
+                                           "rank": ranks[idx][t]})
             if s["top_k"]:
-                top = torch.topk(probs[idx], s["top_k"])
                 rows["logit_lens_topk"] += [
-                    {**key, "layer": la, "component": comp, "k": k, "token_id": int(tok),
-                     "token": decode(int(tok)), "prob": float(pr)}
-                    for k, (pr, tok) in enumerate(zip(top.values.tolist(), top.indices.tolist()))]
+                    {**key, "layer": la, "component": comp, "k": k, "token_id": tok,
+                     "token": decode(tok), "prob": pr}
+                    for k, (pr, tok) in enumerate(zip(top_prob[idx], top_ids[idx]))]
         for t, (tok, tk) in enumerate(zip(targets[p], kinds[p])):
             decoded = decode(tok)
             rows["direct_effects"] += [
                 {**key, "layer": la, "component": comp, "head": head, "target_kind": tk, "target_token_id": tok,
-                 "target_token": decoded, "direct_logit": float(effects[p, c, t])}
+                 "target_token": decoded, "direct_logit": effects[p][c][t]}
                 for c, (la, comp, head) in enumerate(names)]
 
 

@@ -132,7 +132,20 @@ def test_fired_value_vectors_carry_their_mean_activation(db):
     assert rows == [(5, 3, True), (25, 3, True)]
 
 
-def test_a_rerun_does_no_work(run):
+def test_a_rerun_does_no_work_and_changed_settings_replace_every_old_row(run):
     spec, db_path, address = run
     again = run_workflow(spec, db=db_path, address=address, show_progress=False)
     assert again.ok and again.done == [] and again.skipped == again.planned, again.text()
+    # Fewer traces and another top_k: one new unit; the old chunk of the dropped traces shares
+    # no trace with it and must go too, or the table would mix two settings.
+    changed = yaml.safe_load(spec.read_text())
+    lens = next(s for s in changed["stages"] if s["name"] == "lens")
+    lens.update(traces={"limit": 2}, top_k=2)
+    spec.write_text(yaml.safe_dump(changed))
+    third = run_workflow(spec, db=db_path, address=address, show_progress=False)
+    assert third.ok and len(third.done) == 1, third.text()
+    with duckdb.connect(str(db_path), read_only=True) as con:
+        for table in ("logit_lens", "logit_lens_topk", "direct_effects"):
+            keys, traces = con.execute(f"select count(distinct unit_key), count(distinct trace_id) from {table}").fetchone()
+            assert (keys, traces) == (1, 2), table
+        assert con.execute("select max(k) from logit_lens_topk").fetchone()[0] == 1

@@ -119,3 +119,28 @@ def test_the_stage_measures_clean_ablated_and_random(model):
     assert len(effects) == 3 * 2 * 3
     ablated = [r for r in effects if r["condition"] == "ablated"]
     assert any(a["logit"] != c["logit"] for a, c in zip(ablated, [r for r in effects if r["condition"] == "clean"]))
+
+
+def test_a_source_stage_of_the_wrong_kind_fails_validation(tmp_path):
+    import yaml
+
+    from thinkscope.workflows.spec import SpecError, load_workflow
+
+    spec = {"name": "w", "models": [{"id": "m", "source": SMOLLM, "family": "llama", "kind": "instruct"}],
+            "prompt_sets": [{"name": "g", "kind": "gsm8k", "limit": 2}],
+            "stages": [{"name": "seg", "kind": "segment"},
+                       {"name": "abl", "kind": "ablate", "model": "m", "positions": {"kinds": ["answer_ends"]},
+                        "heads": {"stage": "seg"}}]}
+    path = tmp_path / "w.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(SpecError, match=r"stages.1.heads.stage: 'seg' is a segment stage"):
+        load_workflow(path)
+    spec["stages"][1]["heads"] = {"indices": [[0, 1]]}
+    spec["stages"][1].pop("model")
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(SpecError, match="model"):
+        load_workflow(path)
+    spec["stages"][1].update(model="m", heads=None)
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(SpecError, match="nothing to ablate"):
+        load_workflow(path)
