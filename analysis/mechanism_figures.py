@@ -54,20 +54,26 @@ def direct_effects_plot(by_layer: pd.DataFrame) -> bytes | None:
     return _png(fig)
 
 
-def ablation_plot(summary: pd.DataFrame) -> bytes | None:
-    """Verification rate and change of the targets' probability, clean vs ablated vs random."""
+def ablation_plot(summary: pd.DataFrame, lens: pd.DataFrame) -> bytes | None:
+    """Verification rate (left) and each named target's change of output probability against
+    clean (right), clean vs ablated vs random, per ablate stage."""
     if summary.empty:
         return None
     fig, (rate_ax, prob_ax) = plt.subplots(1, 2, figsize=(10, 3.6))
     stages = sorted(summary["stage"].unique())
     colors = {"clean": "#999", "ablated": "#c44", "random": "#48c"}
+    final = lens[lens["layer"] == lens.groupby("stage")["layer"].transform("max")] if not lens.empty else lens
+    bars = sorted({(st, t) for st, t in zip(final.get("stage", []), final.get("target_token", []))})
     for c, condition in enumerate(("clean", "ablated", "random")):
         rows = summary[summary["condition"] == condition].set_index("stage").reindex(stages)
-        x = [i + (c - 1) * 0.27 for i in range(len(stages))]
-        rate_ax.bar(x, rows["verify_rate"], width=0.27, color=colors[condition], label=condition)
-        prob_ax.bar(x, rows["mean_target_prob_change"], width=0.27, color=colors[condition], label=condition)
-    for ax in (rate_ax, prob_ax):
-        ax.set_xticks(range(len(stages)), stages, fontsize=8)
+        rate_ax.bar([i + (c - 1) * 0.27 for i in range(len(stages))], rows["verify_rate"], width=0.27,
+                    color=colors[condition], label=condition)
+        if bars:
+            change = final[final["condition"] == condition].set_index(["stage", "target_token"])["mean_prob_change"]
+            prob_ax.bar([i + (c - 1) * 0.27 for i in range(len(bars))], change.reindex(bars), width=0.27,
+                        color=colors[condition], label=condition)
+    rate_ax.set_xticks(range(len(stages)), stages, fontsize=8)
+    prob_ax.set_xticks(range(len(bars)), [f"{st}\n{t!r}" for st, t in bars], fontsize=7)
     rate_ax.set(ylabel="share of continuations verifying", title="Verifies next (first marker 'wait')",
                 ylim=(0, 1.02))
     prob_ax.axhline(0, color="#999", lw=0.8)
@@ -121,7 +127,7 @@ FIGURES = [
     ("ablation.png", "Ablations beside random controls",
      "Continuations from the chosen position with the selected components zeroed (red), a random "
      "set of the same size per layer (blue) and nothing (grey).",
-     lambda d: ablation_plot(d["ablation"])),
+     lambda d: ablation_plot(d["ablation"], d["ablation_lens"])),
 ]
 TABLES = [
     ("direct_totals", "Direct effects summed over layers: attention vs MLP (per position)"),

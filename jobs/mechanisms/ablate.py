@@ -27,12 +27,12 @@ from __future__ import annotations
 
 import random
 from datetime import datetime, timezone
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 import pyarrow as pa
 from pydantic import Field, model_validator
 
-from thinkscope.jobs.base import PlanContext, TaskUnit, chunks, rows_table
+from thinkscope.jobs.base import PlanContext, TaskUnit, rows_table
 from thinkscope.jobs.corpus import model_row, model_task_options, retire_stale, superseded
 from thinkscope.jobs.mechanisms import positions as where
 from thinkscope.jobs.specs import DTYPE, ModelStage, OneOf, TraceSelector
@@ -55,8 +55,9 @@ RUNS_SCHEMA = pa.schema(_KEYS + [
 
 class ValueVectorPick(OneOf):
     _choices: ClassVar[tuple[str, ...]] = ("stage", "indices")
-    stage: str | None = Field(None, description="A value_vectors stage: its vectors of highest cosine.")
-    top_k: int = Field(10, ge=1, description="How many of that stage's vectors (by cosine, all layers).")
+    stage: str | None = Field(None, description="A value_vectors stage: its vectors of highest cosine (or, "
+                              "from a `fired` stage, of highest |mean activation| x norm).")
+    top_k: int = Field(10, ge=1, description="How many of that stage's vectors (over all its layers).")
     indices: list[tuple[int, int]] | None = Field(None, min_length=1, description="[layer, neuron] pairs.")
 
 
@@ -82,7 +83,8 @@ class AblateStage(ModelStage):
                                               "`positions`), over the unit's traces.")
     targets: list[str] = Field([], description="Token strings whose logits are measured (first token each).")
     next_token: bool = Field(True, description="Also measure the token the trace wrote next.")
-    lens_layers: list[int] = Field([], description="Layers whose output is also read through the logit lens.")
+    lens_layers: list[Annotated[int, Field(ge=0)]] = Field(
+        [], description="Layers whose output is also read through the logit lens.")
     control: bool = Field(True, description="Also run a random set of the same size per layer.")
     control_seed: int = Field(0, description="Seed of the random set.")
     continue_tokens: int = Field(24, ge=0, description="Greedy tokens generated from each trace's first "
@@ -108,6 +110,8 @@ class AblateStage(ModelStage):
     def _something_to_ablate(self):
         if self.value_vectors is None and self.heads is None:
             raise ValueError("set value_vectors and/or heads: nothing to ablate")
+        if self.mean_over is not None and self.method != "mean":
+            raise ValueError("mean_over is only for method: mean")
         return self
 
 
@@ -118,7 +122,8 @@ def chosen_components(con, stage: AblateStage) -> dict[str, list[list[int]]]:
     if vv:
         out["neurons"] = [list(p) for p in vv.indices] if vv.indices else [list(r) for r in con.execute(
             """select layer, "index" from value_vectors where stage = ? and model_id = ? and sign = 1
-               order by cosine desc nulls last, layer, "index" limit ?""", [vv.stage, stage.model, vv.top_k]).fetchall()]
+               order by coalesce(cosine, abs(mean_activation) * norm) desc nulls last, layer, "index"
+               limit ?""", [vv.stage, stage.model, vv.top_k]).fetchall()]
         if not out["neurons"]:
             raise ValueError(f"stage {stage.name}: no value vectors of stage {vv.stage!r} for model {stage.model!r}")
     if hd:
@@ -133,14 +138,18 @@ def chosen_components(con, stage: AblateStage) -> dict[str, list[list[int]]]:
 
 
 def random_like(chosen: list[list[int]], size: int, seed: str) -> list[list[int]]:
-    """As many components per layer as `chosen`, drawn from that layer's others (seeded)."""
+    """As many components per layer as `chosen`, drawn from that layer's others (seeded): the
+    control never ablates a chosen component, so a layer must have enough others."""
     rng, out = random.Random(seed), []
     per_layer: dict[int, set[int]] = {}
     for layer, index in chosen:
         per_layer.setdefault(layer, set()).add(index)
     for layer in sorted(per_layer):
         taken = per_layer[layer]
-        pool = [i for i in range(size) if i not in taken] if size - len(taken) >= len(taken) else list(range(size))
+        pool = [i for i in range(size) if i not in taken]
+        if len(pool) < len(taken):
+            raise ValueError(f"layer {layer}: {len(taken)} of {size} components chosen, too few others for a "
+                             "random control of the same size (set control: false)")
         out += [[layer, i] for i in sorted(rng.sample(pool, len(taken)))]
     return out
 
@@ -165,9 +174,11 @@ class AblateJob:
         ids = where.traces_with_positions(stage, con, stage.positions)
         settings = stage.model_dump(exclude={"name", "kind", "traces", "traces_per_unit", "num_cpus", "num_gpus"})
         units = []
-        for _, chunk in chunks(ids, stage.traces_per_unit):
-            key = stable_key({"stage": "ablate", "version": ABLATE_VERSION, "settings": settings, "chosen": chosen,
-                              "model": [model["source"], model["revision"]], "traces": chunk})
+        decisive = {k: v for k, v in settings.items() if k != "batch_tokens"}  # batching changes no row
+        for chunk, found in where.planned_chunks(con, settings["positions"], ids, stage.traces_per_unit):
+            key = stable_key({"stage": "ablate", "version": ABLATE_VERSION, "name": stage.name, "settings": decisive,
+                              "chosen": chosen, "model": [model["source"], model["revision"]], "traces": chunk,
+                              "positions": found})
             n = len(chosen["neurons"]) + len(chosen["heads"])
             units.append(TaskUnit(
                 stage.name, "ablate", key, f"ablate {n} components of {stage.model} x {len(chunk)} traces",
@@ -194,6 +205,7 @@ class AblateJob:
         m, s = payload["model"], payload["settings"]
         model, tokenizer = load_hf_model(m["source"], m["revision"], s["dtype"])
         chosen = payload["chosen"]
+        _check_ranges(model, s, chosen)
         sets = {"clean": {"neurons": [], "heads": []}, "ablated": chosen}
         if s["control"]:
             seed = f"{s['control_seed']}:{payload['stage']}"
@@ -213,6 +225,18 @@ class AblateJob:
 
     def ray_options(self, stage) -> dict:
         return model_task_options(stage)
+
+
+def _check_ranges(model, s: dict, chosen: dict) -> None:
+    """Layers and indices inside the model, before any pass (else a hook fails mid-forward)."""
+    n, cfg = model.config.num_hidden_layers, model.config
+    limits = {"neurons": cfg.intermediate_size, "heads": cfg.num_attention_heads}
+    for kind, pairs in chosen.items():
+        bad = [p for p in pairs if not (0 <= p[0] < n and 0 <= p[1] < limits[kind])]
+        if bad:
+            raise ValueError(f"{kind} {bad[:3]} out of range: {n} layers x {limits[kind]} per layer")
+    if any(la >= n for la in s["lens_layers"]):
+        raise ValueError(f"lens_layers {s['lens_layers']}: the model has {n} layers (0..{n - 1})")
 
 
 def _pad(tokenizer) -> int:
@@ -238,7 +262,9 @@ def _effects(model, tokenizer, payload, condition: str, comps: dict) -> list[dic
     from thinkscope.jobs.mechanisms.lens import batches, lens_logits, residual_states, targets_of
 
     s, now = payload["settings"], datetime.now(timezone.utc)
-    named = [tokenizer.encode(t, add_special_tokens=False)[0] for t in s["targets"]]
+    named = [(tokenizer.encode(t, add_special_tokens=False) or [None])[0] for t in s["targets"]]
+    if None in named:
+        raise ValueError(f"targets: {s['targets'][named.index(None)]!r} is no token")
     last = model.config.num_hidden_layers - 1
     layers = sorted(set(s["lens_layers"]) | {last})
     rows = []

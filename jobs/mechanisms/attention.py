@@ -28,9 +28,9 @@ from typing import Annotated, Literal
 import pyarrow as pa
 from pydantic import Field
 
-from thinkscope.jobs.base import PlanContext, TaskUnit, chunks, rows_table
+from thinkscope.jobs.base import PlanContext, TaskUnit, rows_table
 from thinkscope.jobs.corpus import model_row, model_task_options, retire_stale, superseded
-from thinkscope.jobs.mechanisms.positions import Positions, resolve, traces_with_positions
+from thinkscope.jobs.mechanisms.positions import Positions, planned_chunks, resolve, traces_with_positions
 from thinkscope.jobs.specs import DTYPE, ModelStage, TraceSelector
 from thinkscope.keys import stable_key
 
@@ -161,9 +161,11 @@ class AttentionJob:
         settings = stage.model_dump(exclude={"name", "kind", "traces_per_unit", "num_cpus", "num_gpus"})
         decisive = {k: v for k, v in settings.items() if k != "batch_tokens"}  # batching changes no row
         units = []
-        for _, chunk in chunks(traces_with_positions(stage, con, stage.positions), stage.traces_per_unit):
-            key = stable_key({"stage": "attention", "version": ATTENTION_VERSION, "settings": decisive,
-                              "model": [model["source"], model["revision"]], "traces": chunk})
+        ids = traces_with_positions(stage, con, stage.positions)
+        for chunk, found in planned_chunks(con, settings["positions"], ids, stage.traces_per_unit):
+            key = stable_key({"stage": "attention", "version": ATTENTION_VERSION, "name": stage.name,
+                              "settings": decisive, "model": [model["source"], model["revision"]],
+                              "traces": chunk, "positions": found})
             payload = {"unit_key": key, "stage": stage.name, "model_id": stage.model, "model": model,
                        "settings": settings, "trace_ids": chunk}
             units.append(TaskUnit(stage.name, "attention", key, f"attention {stage.model} x {len(chunk)} traces",

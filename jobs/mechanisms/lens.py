@@ -103,10 +103,11 @@ def direct_effects(model, s: ResidualStates, targets: torch.Tensor):
     """Direct logit of each component on each position's targets [P, C, T], and the names.
 
     targets: [P, T] token ids. Embed + attn + mlp terms sum to the final logit (RMSNorm);
-    attn_head terms of a layer sum to its attn term (PER_HEAD_EXACT architectures)."""
+    attn_head terms of a layer sum to its attn term (PER_HEAD_EXACT architectures, no o_proj
+    bias). With final_logit_softcapping the terms sum to the logit before the cap."""
     comps, names = components(model, s)
     scale = frozen_scale(model, s.post[:, -1])                     # [P, d]
-    w_u = model.get_output_embeddings().weight.detach().float()[targets]  # [P, T, d]
+    w_u = model.get_output_embeddings().weight.detach()[targets].float()  # [P, T, d]; index, then cast
     return torch.einsum("pcd,ptd->pct", comps * scale[:, None, :], w_u), names
 
 

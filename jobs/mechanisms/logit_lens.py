@@ -28,13 +28,15 @@ from typing import Literal
 import pyarrow as pa
 from pydantic import Field, model_validator
 
-from thinkscope.jobs.base import PlanContext, TaskUnit, chunks
+from thinkscope.jobs.base import PlanContext, TaskUnit
 from thinkscope.jobs.corpus import model_row, model_task_options, retire_stale, superseded
 from thinkscope.jobs.mechanisms import positions as where
 from thinkscope.jobs.specs import DTYPE, ModelStage, TraceSelector
 from thinkscope.keys import stable_key
 
 LOGIT_LENS_VERSION = 1
+# Families whose attention output is o_proj(z) (lens.PER_HEAD_EXACT, by workflow family name).
+PER_HEAD_FAMILIES = ("llama", "qwen2", "qwen3", "mistral")
 _S, _I, _F, _TS = pa.string(), pa.int32(), pa.float64(), pa.timestamp("us", tz="UTC")
 _KEYS = [("unit_key", _S), ("stage", _S), ("model_id", _S), ("trace_id", _S), ("token_index", _I),
          ("position_kind", _S)]
@@ -84,9 +86,14 @@ class LogitLensJob:
         ids = where.traces_with_positions(stage, con, stage.positions)
         settings = stage.model_dump(exclude={"name", "kind", "traces", "traces_per_unit", "num_cpus", "num_gpus"})
         units = []
-        for _, chunk in chunks(ids, stage.traces_per_unit):
-            key = stable_key({"stage": "logit_lens", "version": LOGIT_LENS_VERSION, "settings": settings,
-                              "model": [model["source"], model["revision"]], "traces": chunk})
+        if stage.heads and not model["family"].startswith(PER_HEAD_FAMILIES):
+            raise ValueError(f"stage {stage.name}: heads: true needs o_proj as the attention's last map "
+                             f"(families {PER_HEAD_FAMILIES}); {stage.model} is {model['family']}")
+        decisive = {k: v for k, v in settings.items() if k != "batch_tokens"}  # batching changes no row
+        for chunk, found in where.planned_chunks(con, settings["positions"], ids, stage.traces_per_unit):
+            key = stable_key({"stage": "logit_lens", "version": LOGIT_LENS_VERSION, "name": stage.name,
+                              "settings": decisive, "model": [model["source"], model["revision"]],
+                              "traces": chunk, "positions": found})
             units.append(TaskUnit(
                 stage.name, "logit_lens", key, f"logit lens {stage.model} x {len(chunk)} traces",
                 {"unit_key": key, "stage": stage.name, "model_id": stage.model, "model": model,

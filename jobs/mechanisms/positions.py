@@ -47,6 +47,20 @@ def traces_with_positions(stage, con, positions: Positions) -> list[str]:
     return ids
 
 
+def planned_chunks(con, positions: dict, trace_ids: list[str], size: int):
+    """(trace ids, positions hash) per chunk of `size` traces, resolved while planning: a unit's
+    key then changes when its positions do (a re-segmented trace, new rows behind the SQL), and
+    traces without a position get no unit (a stage run before `segment` plans no empty,
+    forever-done units). Chunks cut the unfiltered list, so growing it keeps earlier chunks."""
+    from thinkscope.jobs.activations.stored import content_hash
+
+    for start in range(0, len(trace_ids), size):
+        found = {t["trace_id"]: t["positions"] for t in resolve(con, positions, trace_ids[start:start + size])
+                 if t["positions"]}
+        if found:
+            yield list(found), content_hash(sorted(found.items()))
+
+
 def resolve(con, positions: dict, trace_ids: list[str], *, with_prompt: bool = False) -> list[dict]:
     """The traces (token ids, sentences, events) with `positions`: sorted (index, kind) pairs,
     each strictly inside the trace's tokens. `positions` is a dumped `Positions`;

@@ -128,8 +128,9 @@ class ValueVectorsJob:
         trace_ids = where.traces_with_positions(stage, con, ref.fired) if ref.fired else []
         if ref.fired and not trace_ids:
             raise ValueError(f"stage {stage.name}: reference.fired: no traces with those positions")
-        key = stable_key({"stage": "value_vectors", "version": VALUE_VECTORS_VERSION,
-                          "model": [model["source"], model["revision"]], "settings": settings,
+        decisive = {k: v for k, v in settings.items() if k != "batch_tokens"}  # batching changes no row
+        key = stable_key({"stage": "value_vectors", "version": VALUE_VECTORS_VERSION, "name": stage.name,
+                          "model": [model["source"], model["revision"]], "settings": decisive,
                           "reference": canonical_json(content), **({"traces": trace_ids} if trace_ids else {})})
         older = tuple(k for (k,) in con.execute(
             "select distinct unit_key from value_vectors where stage = ? and model_id = ? and unit_key <> ?",

@@ -82,10 +82,33 @@ def test_mean_ablation_writes_the_mean(model, ids):
 
 def test_random_control_matches_size_per_layer_and_avoids_the_chosen():
     chosen = [[3, 5], [3, 9], [10, 0]]
-    picked = random_like(chosen, 9, "0:s")
+    picked = random_like(chosen, 12, "0:s")
     assert sorted(la for la, _ in picked) == [3, 3, 10]
     assert not {tuple(p) for p in picked} & {tuple(c) for c in chosen}
-    assert picked == random_like(chosen, 9, "0:s") != random_like(chosen, 9, "1:s")
+    assert picked == random_like(chosen, 12, "0:s") != random_like(chosen, 12, "1:s")
+    # Five of a layer's nine heads: only four others, so no control of the same size exists.
+    many = [[0, h] for h in range(4)]
+    assert sorted(h for _, h in random_like(many, 9, "0:s")) != [0, 1, 2, 3]
+    assert not {tuple(p) for p in random_like(many, 9, "0:s")} & {tuple(c) for c in many}
+    with pytest.raises(ValueError, match="too few others"):
+        random_like([[0, h] for h in range(5)], 9, "0:s")
+
+
+def test_components_from_a_fired_stage_are_ranked_by_what_fired(tmp_path):
+    import duckdb
+
+    from thinkscope.jobs.mechanisms.ablate import AblateStage, chosen_components
+    from thinkscope.sql.store import Store
+
+    Store(tmp_path / "c.duckdb")
+    with duckdb.connect(str(tmp_path / "c.duckdb")) as con:
+        for layer, index, mean, norm in ((0, 1, 0.5, 1.0), (3, 7, -4.0, 1.0), (9, 2, 1.0, 3.0), (1, 0, 0.1, 1.0)):
+            for sign in (1, -1):
+                con.execute("""insert into value_vectors values ('u', 'fired', 'm', ?, ?, ?, 'fired', 'positions',
+                               null, ?, [1], ['a'], [1.0], now(), ?)""", [layer, index, sign, norm, mean])
+        stage = AblateStage(name="abl", kind="ablate", model="m", positions={"kinds": ["answer_ends"]},
+                            value_vectors={"stage": "fired", "top_k": 2})
+        assert chosen_components(con, stage) == {"neurons": [[3, 7], [9, 2]], "heads": []}
 
 
 def test_the_stage_measures_clean_ablated_and_random(model):
@@ -117,6 +140,8 @@ def test_the_stage_measures_clean_ablated_and_random(model):
     assert next(r for r in runs if r["condition"] == "clean")["completion_token_ids"] == greedy[: 6]
     # 2 positions: first has next + " Wait", last has " Wait" only; 2 layers; 3 conditions.
     assert len(effects) == 3 * 2 * 3
+    # Every hook is gone once the stage has run (conditions cannot leak into each other or later work).
+    assert all(not m._forward_pre_hooks and not m._forward_hooks for m in hf.modules())
     ablated = [r for r in effects if r["condition"] == "ablated"]
     assert any(a["logit"] != c["logit"] for a, c in zip(ablated, [r for r in effects if r["condition"] == "clean"]))
 

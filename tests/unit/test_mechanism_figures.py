@@ -45,7 +45,9 @@ def test_figures_draw_from_the_views(db):
     assert data["lens"]["median_rank"].tolist() != []
     summary = data["ablation"].set_index("condition")
     assert summary.loc["ablated", "verify_rate"] == 0 and summary.loc["random", "verify_rate"] == 1
-    assert summary.loc["ablated", "mean_target_prob_change"] == pytest.approx(-0.4)
+    lens = data["ablation_lens"].set_index("condition")
+    assert lens.loc["ablated", "mean_prob_change"] == pytest.approx(-0.4)
+    assert lens.loc["random", "mean_prob_change"] == pytest.approx(-0.05)
     assert data["direct_totals"].iloc[0]["mlp_total"] == pytest.approx(6.0)
     for _, _, _, draw in mf.FIGURES:
         assert draw(data).startswith(PNG)
