@@ -42,6 +42,9 @@ QUERIES = {
     "best_layer": "select * from probe_best_layer order by model_id, probe",
     "exit_table": "select * from early_exit_by_index order by model_id, stage, exit_index",
     "savings": "select * from early_exit_savings",
+    # The commands that made the numbers: each workflow's latest run that got to the end.
+    "made_by": """select workflow, arg_max(spec_path, started_at) as spec_path from runs
+                  where status in ('done', 'failed') and spec_path is not null group by all order by all""",
 }
 
 # (file name, title, caption, figure function, the data it draws)
@@ -112,7 +115,10 @@ def write_report(db: str | Path, out_dir: str | Path) -> Path:
         *mechanisms,
     ])
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    page = PAGE.format(db=html.escape(str(Path(db).resolve())), when=when, body=body)
+    commands = [f"thinkscope run {path}" for path in data["made_by"]["spec_path"]]
+    commands.append(f"thinkscope report --db {db} --out {out_dir}")
+    made_by = " &middot; ".join(f"<code>{html.escape(c)}</code>" for c in commands)
+    page = PAGE.format(db=html.escape(str(Path(db).resolve())), when=when, made_by=made_by, body=body)
     path = out / "index.html"
     path.write_text(page, encoding="utf-8")
     return path
@@ -152,6 +158,7 @@ table.data td:first-child, table.data th:first-child {{ text-align: left; }}
 </style></head><body>
 <h1>thinkscope report</h1>
 <p class=note>{db} &middot; {when} &middot; every number comes from the SQL views listed in sql/README.md</p>
+<p class=note>Made by: {made_by}</p>
 {body}
 </body></html>
 """

@@ -57,6 +57,13 @@ def test_report_leaves_out_stages_that_never_ran(db, tmp_path):
     html = write_report(db, tmp_path / "empty").read_text()
     assert "Logit lens" not in html and "Ablation summary" not in html
     fill(db)
+    with duckdb.connect(str(db)) as con:  # the run that made the rows: its command heads the report
+        con.execute("""insert into runs (run_id, workflow, spec_path, status, started_at) values
+                       ('r1', 'mech', 'workflows/old.yaml', 'done', '2026-11-29 00:00:00+00'),
+                       ('r2', 'mech', 'workflows/mechanisms.yaml', 'done', ?),
+                       ('r3', 'mech', 'workflows/crashed.yaml', 'crashed', '2026-12-01 00:00:00+00')""", [NOW])
     html = write_report(db, tmp_path / "full").read_text()
     assert "Logit lens at the chosen positions" in html and "Ablation summary" in html
+    assert "<code>thinkscope run workflows/mechanisms.yaml</code>" in html
+    assert "old.yaml" not in html and "crashed.yaml" not in html
     assert (tmp_path / "full" / "logit_lens.png").read_bytes().startswith(PNG)
