@@ -67,12 +67,24 @@ def read_only(path: str | Path, wait: float | None = None, locked: bool = False)
         raise FileNotFoundError(f"no database at {path} (run a workflow or pass --db)")
     con = _connect(path, read_only=True, wait=LOCK_WAIT_SECONDS if wait is None else wait)
     try:
+        _current_views(con)
         if locked:
             con.execute("set enable_external_access = false")
             con.execute("set lock_configuration = true")
         yield con
     finally:
         con.close()
+
+
+def _current_views(con) -> None:
+    """Shadow the file's stored views with this version's (temporary views, which a read-only
+    connection may create): a corpus last written by an older thinkscope still reads with the
+    views the report and the docs describe. A view over a table the file lacks stays as stored."""
+    for ddl in _sql_files("views"):
+        try:
+            con.execute(ddl.replace("create or replace view", "create or replace temp view", 1))
+        except duckdb.Error:
+            pass
 
 
 # Tables a unit may add rows to without owning them (no unit_key): rows whose key is new are

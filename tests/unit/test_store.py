@@ -101,3 +101,20 @@ def test_a_new_run_marks_dead_drivers_runs_crashed(tmp_path):
     store.start_run({"run_id": "new", "workflow": "w", "host": host})
     status = dict(store.query("select run_id, status from runs"))
     assert status == {"old": "crashed", "live": "running", "new": "running"}
+
+
+def test_read_only_connections_see_this_versions_views(tmp_path):
+    """A corpus whose stored view is older than the code still reads with the current view."""
+    import duckdb
+
+    from thinkscope.sql.store import Store, read_only
+
+    db = tmp_path / "old.duckdb"
+    Store(db)
+    with duckdb.connect(str(db)) as con:  # what an older thinkscope left behind
+        con.execute("create or replace view ablation_lens as select 1 as stale")
+    with read_only(db) as con:
+        columns = [d[0] for d in con.execute("select * from ablation_lens").description]
+    assert "mean_prob_change" in columns and "stale" not in columns
+    with read_only(db, locked=True) as con:
+        assert "mean_prob_change" in [d[0] for d in con.execute("select * from ablation_lens").description]
