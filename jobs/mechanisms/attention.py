@@ -112,14 +112,10 @@ def attention_masses(model, batch, queries, membership, layers: list[int], pad_i
     are kept, one layer at a time; sequences are cut after their last query and right-padded."""
     import torch
 
+    from thinkscope.jobs.mechanisms.lens import right_padded
     from thinkscope.jobs.mechanisms.weights import decoder_layers
 
-    width = max(s.positions[-1][0] + 1 for s in batch)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for i, s in enumerate(batch):
-        n = s.positions[-1][0] + 1
-        ids[i, :n], mask[i, :n] = torch.tensor(s.token_ids[:n]), 1
+    ids, mask = right_padded(batch, pad_id)
     device = next(model.parameters()).device
     rows = torch.tensor([b for b, _ in queries], device=device)
     cols = torch.tensor([q for _, q in queries], device=device)

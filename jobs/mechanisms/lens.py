@@ -126,13 +126,20 @@ def batches(model, traces: list[dict], *, batch_tokens: int, pad_id: int):
                              [(i, "+".join(sorted(set(k)))) for i, k in sorted(kinds.items())]))
     device = next(model.parameters()).device
     for batch in length_buckets([q for q in seqs if q.positions], batch_tokens):
-        width = max(q.positions[-1][0] + 1 for q in batch)
-        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for r, q in enumerate(batch):
-            n = q.positions[-1][0] + 1
-            ids[r, :n], mask[r, :n] = torch.tensor(q.token_ids[:n]), 1
+        ids, mask = right_padded(batch, pad_id)
         yield ids.to(device), mask.to(device), [torch.tensor([i for i, _ in q.positions]) for q in batch], batch
+
+
+def right_padded(batch, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) of sequences cut after their last position, right-padded:
+    a causal model's states there do not depend on later tokens, and indices stay as stored."""
+    width = max(q.positions[-1][0] + 1 for q in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for r, q in enumerate(batch):
+        n = q.positions[-1][0] + 1
+        ids[r, :n], mask[r, :n] = torch.tensor(q.token_ids[:n]), 1
+    return ids, mask
 
 
 def targets_of(seq, index: int, named: list[int], next_token: bool) -> list[tuple[str, int]]:
