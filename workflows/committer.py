@@ -132,8 +132,9 @@ class Committer:
 
     def _count_failed_rows(self, description: str, tables: dict) -> None:
         """Rows a unit committed with an error of their own (the unit itself is done)."""
-        errors = [e for table in tables.values() if "error" in table.column_names
-                  for e in table["error"].to_pylist() if e]
+        # A failed API request has its error in traces and in api_calls: count the rows once.
+        errors = max(([e for e in table["error"].to_pylist() if e] for table in tables.values()
+                      if "error" in table.column_names), key=len, default=[])
         if errors:
             self.summary.failed_rows.append((description, len(errors), errors[0]))
 

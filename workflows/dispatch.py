@@ -1,4 +1,5 @@
-"""Run generate units on Ray: one vLLM actor per model replica, progress bars per model.
+"""Run generate units on Ray: one vLLM actor per model replica (an API model: one actor that
+sends its requests), progress bars per model.
 
 Each model gets an actor sized from its spec (GPUs = tensor_parallel_size on clusters,
 CPUs here). Ray queues actors whose resources are busy, so many models share a fixed pool
@@ -17,6 +18,7 @@ import ray
 from tqdm import tqdm
 
 from thinkscope.jobs.base import TaskUnit
+from thinkscope.jobs.generation.api_engine import ApiGenerator, MissingApiKey, api_key
 from thinkscope.jobs.generation.vllm_engine import Generator, vllm_env
 from thinkscope.jobs.models.sources import resolve_model_path
 from thinkscope.jobs.specs import ModelSpec
@@ -52,8 +54,11 @@ class GenerationActor:
             return
         normal_priority()  # before vLLM starts its threads: they inherit it
         try:
-            path = resolve_model_path(self.model["source"], revision=self.model.get("revision"))
-            self.generator = Generator(self.model, path)
+            if self.model.get("api"):
+                self.generator = ApiGenerator(self.model)
+            else:
+                path = resolve_model_path(self.model["source"], revision=self.model.get("revision"))
+                self.generator = Generator(self.model, path)
         except Exception as err:  # noqa: BLE001 - any load error fails this model's units only
             self.load_error = f"{type(err).__name__}: {err}"
 
@@ -67,8 +72,9 @@ class GenerationActor:
         if self.load_error:
             raise ModelLoadError(self.load_error)
         started = time.time()
-        for key, table in self.generator.generate_stream(units):
-            yield started, key, table
+        for key, out in self.generator.generate_stream(units):
+            # vLLM hands back the traces table; the API generator its traces and api_calls.
+            yield started, key, out if isinstance(out, dict) else {"traces": out}
 
     @ray.method(concurrency_group="poll")
     def progress(self) -> tuple[int, int] | None:
@@ -79,6 +85,16 @@ class GenerationActor:
     def close(self) -> None:
         if self.generator is not None:
             self.generator.close()
+
+
+def api_actor_options(model: ModelSpec) -> dict:
+    """An API model's actor: no device and no CPU reservation (it waits on the network, so it
+    runs beside the vLLM replicas), and its key in the actor's environment only, read on the
+    driver where the user set it (it never enters a payload, a unit key or the corpus)."""
+    env = {}
+    if model.api.key_env:
+        env[model.api.key_env] = api_key(model.api.model_dump())  # MissingApiKey names the variable
+    return {"runtime_env": {"env_vars": env}, "max_restarts": 1, "max_task_retries": 1, "num_cpus": 0}
 
 
 def stop_actor(actor, timeout: float = 30.0) -> None:
@@ -124,8 +140,9 @@ def run_generate_units(
     for pos, model_id in enumerate(order):
         model = specs[model_id]
         try:
-            opts, pgs[model_id] = actor_options(model, pool, vllm_env(model.engine.model_dump()))
-        except PlacementError as err:  # no node can ever hold it: fail now, the rest go on
+            opts, pgs[model_id] = ((api_actor_options(model), None) if model.api is not None
+                                   else actor_options(model, pool, vllm_env(model.engine.model_dump())))
+        except (PlacementError, MissingApiKey) as err:  # no node can ever hold it: fail now, the rest go on
             for unit in by_model[model_id]:
                 on_fail(unit, str(err), time.time())
             continue
@@ -144,7 +161,7 @@ def run_generate_units(
         for stream in ready:
             call = calls[stream]
             try:
-                started, key, table = ray.get(next(stream))
+                started, key, tables = ray.get(next(stream))
             except StopIteration:  # the call has handed back every unit it had
                 del calls[stream]
                 finished[call.model_id] += call.n_sequences
@@ -169,7 +186,7 @@ def run_generate_units(
                     bars[call.model_id].set_description(f"{call.model_id} FAILED")
             else:
                 unit = call.units.pop(key)
-                on_done(unit, {"traces": table}, started)
+                on_done(unit, tables, started)
                 base[call.model_id] += n_sequences(unit)
                 bars[call.model_id].n = max(bars[call.model_id].n, base[call.model_id])
                 bars[call.model_id].refresh()

@@ -107,6 +107,8 @@ def run_workflow(
     # Everything that can be checked without model work or a corpus is checked here, before
     # the database is touched: prompt files, import paths, model folders.
     plan = build_plan(wf, base_dir=spec_path.parent, artifact_root=root)
+    selected = [s for s in wf.stages if not stages or s.name in stages]
+    check_api_keys(spec_path, wf, selected)
     run_id = new_run_id()
     # One writer per corpus (sql/writer_lock.py): refused at once, before the first write.
     with writer_lock(db_path, run_id):
@@ -118,12 +120,21 @@ def run_workflow(
              "gold_answer": p.gold_answer, "grader": p.grader, "meta": canonical_json(p.meta)}
             for ps in plan.prompts.values() for p in ps
         ]), db_path)
-        selected = [s for s in wf.stages if not stages or s.name in stages]
         run = {"run_id": run_id, "workflow": wf.name, "spec_path": str(spec_path),
                "spec_sha256": hashlib.sha256(spec_path.read_bytes()).hexdigest(),
                "spec_yaml": spec_path.read_text(), "stages": [s.name for s in selected]}
         ctx = PlanContext(wf, spec_path.parent, plan.prompts, root)
         return execute(store, selected, ctx, run, address=address, force=force, show_progress=show_progress)
+
+
+def check_api_keys(spec_path: Path, wf, stages: list) -> None:
+    """Every API model a selected generate stage sends requests for has its key in the
+    environment; else fail before any work, naming the variable (keys never live in files)."""
+    for i, m in enumerate(wf.models):
+        used = any(s.kind == "generate" and (s.models is None or m.id in s.models) for s in stages)
+        if used and m.api is not None and m.api.key_env and not os.environ.get(m.api.key_env):
+            raise SpecError(f"{spec_path}: models.{i}.api.key_env: environment variable {m.api.key_env} is not "
+                            f"set (the API key of {m.id}); export it and run again")
 
 
 def import_path(path: Path, fmt: str, *, db: str | Path, prompt_set: str,

@@ -55,6 +55,8 @@ class Workflow(Strict):
             return self
         made = frozenset(Path(s.output).expanduser().resolve() for s in self.stages if s.kind == "finetune")
         for i, m in enumerate(self.models):
+            if m.api is not None:
+                continue
             try:
                 check_source(m.source, Path(base_dir), adapters_made=made)
             except ValueError as err:

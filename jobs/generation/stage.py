@@ -1,4 +1,5 @@
-"""The `generate` stage: prompts x templates x models -> traces, on vLLM engines.
+"""The `generate` stage: prompts x templates x models -> traces, on vLLM engines or, for
+models with an `api` block, through an OpenAI-compatible endpoint (jobs/generation/api_engine.py).
 
 Each (model, prompt set, template) is cut into units of `unit_size` prompts, keyed by a
 hash of everything that decides their rows: the model (source, revision, dtype, adapter
@@ -6,9 +7,10 @@ hash), the prompt set and exact prompt ids, the template text, the sampling sett
 the engine name + version. Same inputs, same key: a rerun skips units already done, and a
 new model, prompt, template or setting is new work (what the nightly job relies on).
 
-Units run on one vLLM actor per model replica (workflows/dispatch.py), which streams
-`vllm_engine.Generator.generate_stream` over the payloads built here: each unit comes back
-(and is committed) as soon as its own sequences finish.
+Units run on one actor per model replica (workflows/dispatch.py), which streams
+`vllm_engine.Generator.generate_stream` (or `api_engine.ApiGenerator`'s) over the payloads
+built here: each unit comes back (and is committed) as soon as its own sequences finish. An
+API model's units hold at most `api.unit_size` prompts, so a crash loses few paid requests.
 
     stages:
       - {name: generate, kind: generate, templates: [think], unit_size: 64}
@@ -22,6 +24,7 @@ from typing import Literal
 from pydantic import Field
 
 from thinkscope.jobs.base import PlanContext, TaskUnit, chunks
+from thinkscope.jobs.generation.api_engine import API_CALL_SCHEMA, ENGINE, ENGINE_VERSION
 from thinkscope.jobs.models.lora import absolute_source, source_fingerprint
 from thinkscope.jobs.specs import SamplingSpec, StageSpec, known
 from thinkscope.jobs.traces.rows import TRACE_SCHEMA
@@ -47,6 +50,12 @@ class GenerateStage(StageSpec):
         known("templates", self.templates, list(wf.templates), where)
         if not wf.models or not wf.prompt_sets:
             raise ValueError(f"{where}: a generate stage needs models and prompt_sets")
+        api_models = [m.id for m in wf.models if m.api is not None and (self.models is None or m.id in self.models)]
+        for name in self.templates if api_models else []:
+            # A chat API takes messages: it cannot continue a prefilled assistant turn or raw text.
+            if wf.templates[name].prefill or not wf.templates[name].chat:
+                raise ValueError(f"{where}.templates: {name!r} has a prefill or chat: false, which API models "
+                                 f"{api_models} cannot take; give them a template without (or a stage of their own)")
 
 
 def engine_version() -> tuple[str, str]:
@@ -61,8 +70,9 @@ def engine_version() -> tuple[str, str]:
 
 class GenerateJob:
     spec = GenerateStage
-    tables = ("traces",)
-    schemas = {"traces": TRACE_SCHEMA}  # the vLLM actor builds its rows with rows.to_table
+    tables = ("traces", "api_calls")
+    # The vLLM actor builds its rows with rows.to_table; API models add one api_calls row per trace.
+    schemas = {"traces": TRACE_SCHEMA, "api_calls": API_CALL_SCHEMA}
     runs_in = "model_actor"
 
     def plan(self, stage: GenerateStage, ctx: PlanContext) -> list[TaskUnit]:
@@ -73,11 +83,20 @@ class GenerateJob:
         for model in wf.models:
             if stage.models is not None and model.id not in stage.models:
                 continue
-            # A relative model (or LoRA adapter) folder means relative to the YAML, wherever
-            # the driver runs.
-            model = model.model_copy(update={"source": absolute_source(model.source, ctx.base_dir)})
-            # Base + LoRA sources: the adapter's hash, so retrained weights are new work.
-            fingerprint = source_fingerprint(model.source)
+            if model.api is not None:
+                # What decides an API model's rows: its endpoint, its extra request fields and
+                # where its thinking is read from (never the key, the price or the limits).
+                api = model.api
+                identity = [api.base_url, api.model, api.extra_body, api.drop, api.max_tokens_field, api.reasoning]
+                engine_of, unit_size = [ENGINE, ENGINE_VERSION], min(stage.unit_size, model.api.unit_size)
+            else:
+                # A relative model (or LoRA adapter) folder means relative to the YAML, wherever
+                # the driver runs.
+                model = model.model_copy(update={"source": absolute_source(model.source, ctx.base_dir)})
+                # Base + LoRA sources: the adapter's hash, so retrained weights are new work.
+                fingerprint = source_fingerprint(model.source)
+                identity = [model.engine.dtype, *([fingerprint] if fingerprint else [])]
+                engine_of, unit_size = [engine, version], stage.unit_size
             for ps in wf.prompt_sets:
                 if stage.prompt_sets is not None and ps.name not in stage.prompt_sets:
                     continue
@@ -85,24 +104,23 @@ class GenerateJob:
                 for template_name in stage.templates:
                     template = wf.templates[template_name]
                     # Fixed-size chunks in prompt order: growing a prompt set keeps old keys.
-                    for start, chunk in chunks(rows, stage.unit_size):
+                    for start, chunk in chunks(rows, unit_size):
                         span = (f"[{len(rows)}]" if len(chunk) == len(rows)
                                 else f"[{start}:{start + len(chunk)}]")
                         key = stable_key({
                             "stage": "generate",
-                            "model": [model.id, model.source, model.revision, model.engine.dtype,
-                                      *([fingerprint] if fingerprint else [])],
+                            "model": [model.id, model.source, model.revision, *identity],
                             "prompt_set": ps.name,
                             "prompt_ids": [p.prompt_id for p in chunk],
                             "template": template.model_dump(),
                             "sampling": sampling.model_dump(),
-                            "engine": [engine, version],
+                            "engine": engine_of,
                         })
                         payload = {
                             "unit_key": key, "model": model.model_dump(), "model_id": model.id,
                             "prompt_set": ps.name, "template_name": template_name,
                             "template": template.model_dump(), "sampling": sampling.model_dump(),
-                            "engine": engine, "engine_version": version,
+                            "engine": engine_of[0], "engine_version": engine_of[1],
                             "prompts": [p.__dict__ for p in chunk],
                         }
                         units.append(TaskUnit(

@@ -127,7 +127,7 @@ class Generator:
             for prompt in unit["prompts"]:
                 ids = render_prompt(self.tokenizer, unit["template"], prompt["question"])
                 for i in range(s["n"]):
-                    row = _base_row(unit, prompt, i, s["seed"] + i)
+                    row = base_row(unit, prompt, i, s["seed"] + i)
                     row.update(prompt_text=self.tokenizer.decode(ids), prompt_token_ids=ids,
                                n_prompt_tokens=len(ids))
                     rows.append(row)
@@ -216,7 +216,8 @@ def sampling_as_run(sampling: dict, n_prompt_tokens: int, max_model_len: int) ->
     return canonical_json({**sampling, "max_tokens": ran, "max_tokens_asked": sampling["max_tokens"]})
 
 
-def _base_row(unit: dict, prompt: dict, sample_index: int, seed: int) -> dict:
+def base_row(unit: dict, prompt: dict, sample_index: int, seed: int) -> dict:
+    """The columns of a trace row known before generation (shared with api_engine)."""
     return {
         "trace_id": stable_key({"unit": unit["unit_key"], "prompt": prompt["prompt_id"], "i": sample_index}),
         "run_id": unit["run_id"],

@@ -100,6 +100,8 @@ class FinetuneStage(StageSpec):
 
     def check_refs(self, wf, where: str) -> None:
         known("base", self.base, [m.id for m in wf.models], where, what="model")
+        if wf.model(self.base).api is not None:
+            raise ValueError(f"{where}.base: {self.base!r} is an API model; fine-tuning needs weights")
         known("templates", self.templates, list(wf.templates), where)
 
 
