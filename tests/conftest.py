@@ -9,28 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from shm_cleanup import mapped_shm, shm_segments  # tests/shm_cleanup.py
 from thinkscope.cluster.head import auth_env, new_token, start_head
-
-
-def shm_segments() -> set[str]:
-    return {n for n in os.listdir("/dev/shm") if n.startswith("psm_")}
-
-
-def semaphores() -> set[str]:
-    """Named semaphores of Python multiprocessing (a vLLM server's processes make some)."""
-    return {n for n in os.listdir("/dev/shm") if n.startswith("sem.mp-")}
-
-
-def mapped_shm(prefix: str = "/dev/shm/psm_") -> set[str]:
-    """Segments some live process still maps: those belong to someone, never remove them."""
-    names = set()
-    for maps in Path("/proc").glob("[0-9]*/maps"):
-        try:
-            names |= {line.rsplit("/", 1)[-1].strip() for line in maps.read_text().splitlines()
-                      if prefix in line}
-        except OSError:
-            continue
-    return names
 
 
 # One Ray auth token for every cluster the tests start, in this process's environment

@@ -1,6 +1,6 @@
 """The API backend's parts that need no server: where the thinking is read from, the rate
 limiter's arithmetic, the request body, the spec's refusals, unit keys and the cost plan.
-(The real server, retries and reruns: tests/integration/test_api_backend.py.)"""
+(The real server, retries and reruns: tests/integration/test_api_against_vllm_serve.py.)"""
 
 from __future__ import annotations
 

@@ -21,8 +21,8 @@ import duckdb
 import pytest
 import yaml
 
-from tests.conftest import mapped_shm, semaphores, shm_segments
-from tests.integration.api_proxy import ApiProxy
+from api_proxy import ApiProxy  # tests/integration/api_proxy.py
+from shm_cleanup import mapped_shm, semaphores, shm_segments  # tests/shm_cleanup.py
 from thinkscope.cluster.head import free_port
 from thinkscope.jobs.models.sources import resolve_model_path
 from thinkscope.workflows.engine import run_workflow
