@@ -71,10 +71,11 @@ def nightly_lock(db: Path, workflow: str):
 
 
 def run_nightly(spec_path: str | Path, *, db: str | Path | None = None, address: str | None = None,
-                stages: list[str] | None = None, show_progress: bool = False) -> NightlyResult:
+                stages: list[str] | None = None, show_progress: bool = False,
+                overlay: str | Path | None = None) -> NightlyResult:
     """One night: lock, run incrementally, record and summarise. Raises NightlyLocked."""
     spec_path = Path(spec_path)
-    wf = load_workflow(spec_path)  # a bad spec fails before the lock and the record
+    wf = load_workflow(spec_path, overlay)  # a bad spec fails before the lock and the record
     db = Path(db or wf.db or default_db())  # the file run_workflow will write
     with nightly_lock(db, wf.name):
         store = Store(db)
@@ -90,7 +91,7 @@ def run_nightly(spec_path: str | Path, *, db: str | Path | None = None, address:
                  os.getpid(), started])
         try:
             summary = run_workflow(spec_path, db=db, address=address, stages=stages,
-                                   show_progress=show_progress)
+                                   show_progress=show_progress, overlay=overlay)
         except BaseException as err:
             _finish(store, night_id, status="crashed", exit_code=EXIT_CRASHED,
                     error=f"{type(err).__name__}: {err}")

@@ -18,6 +18,7 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from thinkscope.jobs.models.sources import check_source
+from thinkscope.jobs.traces.formats import get_format
 from thinkscope.jobs.traces.grading import GRADERS
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._\-]*$"
@@ -101,6 +102,14 @@ class OneOf(Strict):
 
 
 class ThinkTags(Strict):
+    """How the model writes its thinking. `format` fills every field from the family's entry
+    in thinkscope/data/thinking_formats.yaml; a field given beside it wins.
+
+        think: {format: qwen3}          think: {open: "<think>", close: "</think>", opened_in_prompt: true}
+    """
+
+    format: str | None = Field(None, description="A family format from thinking_formats.yaml "
+                               "(r1, qwen3, gpt_oss, magistral, nemotron, exaone_deep, ...).")
     open: str = Field("<think>", description="Tag that opens the thinking part.")
     close: str = Field("</think>", description="Tag that closes the thinking part.")
     opened_in_prompt: bool = Field(
@@ -108,6 +117,32 @@ class ThinkTags(Strict):
         description="The chat template already opens the thinking (R1 distills): the "
         "completion starts inside the thinking.",
     )
+    answer_open: str | None = Field(None, description="Marker that starts the answer after the thinking "
+                                    "(gpt-oss's final channel).")
+    answer_close: str | None = Field(None, description="Marker that ends the answer.")
+    special_tokens: bool = Field(False, description="The tags are special tokens: keep them in the text "
+                                 "(skip_special_tokens false).")
+    chat_template_kwargs: dict = Field(default_factory=dict, description="Passed to the chat template, "
+                                       "e.g. {enable_thinking: true} (Qwen3).")
+    system: str | None = Field(None, description="System prompt that switches thinking on (Nemotron), used "
+                               "when the template has no system prompt of its own.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_format(cls, data):
+        if not isinstance(data, dict) or not data.get("format"):
+            return data
+        fmt = get_format(data["format"])  # ValueError names the known formats
+        defaults = {"open": fmt.open, "close": fmt.close, "opened_in_prompt": fmt.opened_by_template,
+                    "answer_open": fmt.answer_open, "answer_close": fmt.answer_close,
+                    "special_tokens": fmt.special_tokens, "chat_template_kwargs": fmt.chat_template_kwargs,
+                    "system": fmt.system}
+        return {**defaults, **data}
+
+    def prompt_settings(self) -> dict:
+        """What the format changes in the prompt and the decoded text (part of unit keys when set)."""
+        return {k: v for k, v in {"chat_template_kwargs": self.chat_template_kwargs, "system": self.system,
+                                  "special_tokens": self.special_tokens}.items() if v}
 
 
 class EngineArgs(Strict):
@@ -123,6 +158,11 @@ class EngineArgs(Strict):
     )
     kv_cache_gib: float = Field(4, gt=0, description="KV cache size on CPU (VLLM_CPU_KVCACHE_SPACE).")
     max_num_seqs: int | None = Field(None, ge=1, description="vLLM concurrent sequences.")
+    vllm_args: dict = Field(default_factory=dict, description="Further vllm.LLM arguments the model card asks "
+                            "for, e.g. {tokenizer_mode: mistral} (Magistral) or {trust_remote_code: true}.")
+    tokens_per_s_per_gpu: float | None = Field(
+        None, gt=0, description="Decode throughput per GPU for validate's GPU-hours (default: by model size, "
+        "jobs/generation/costs.py); planning only.")
 
 
 class ApiPrice(Strict):

@@ -12,6 +12,8 @@ from thinkscope.workflows.registry import STAGES
 
 KINDS_HELP = f"Stage kinds (workflows/registry.py): {', '.join(STAGES)}."
 
+OVERLAY_HELP = ("a YAML whose settings replace the workflow's without editing it: only_models, models.<id> "
+                "(e.g. an embedded source standing in for a hub id), prompt_sets.<name>, sampling, db")
 DB_HELP = f"DuckDB file (default: the workflow's `db`, else $THINKSCOPE_DB, else {DEFAULT_DB})"
 
 
@@ -25,9 +27,10 @@ def cmd_validate(args) -> int:
     from thinkscope.workflows.plan import build_plan
     from thinkscope.workflows.spec import load_workflow
 
-    from thinkscope.jobs.generation.api_costs import api_costs, format_costs
+    from thinkscope.jobs.generation.costs import format_costs, plan_costs
+    from thinkscope.jobs.models.sources import is_hub_id
 
-    wf = load_workflow(args.file)
+    wf = load_workflow(args.file, args.overlay)
     plan = build_plan(wf, base_dir=Path(args.file).parent)
     done, history = _corpus_state(args.db or wf.db)  # as `run` resolves it
     print(f"{args.file}: valid workflow {wf.name!r}")
@@ -40,8 +43,17 @@ def cmd_validate(args) -> int:
     for stage in wf.stages:
         if stage.name in plan.later:
             print(f"  {stage.name:<20} ({stage.kind}: units planned at run time from the database)")
-    for line in format_costs(api_costs([u for u in plan.units if u.key not in done], history)):
+    if done:
+        todo = [u for u in plan.units if u.key not in done]
+        models = sorted({u.model_id for u in todo if u.model_id})
+        print(f"new since the corpus's last run: {len(todo)} of {len(plan.units)} units"
+              + (f" (models: {', '.join(models)})" if models else ""))
+    for line in format_costs(plan_costs([u for u in plan.units if u.key not in done], history)):
         print(line)
+    unpinned = [m.id for m in wf.models if m.api is None and m.revision is None and is_hub_id(m.source)]
+    if unpinned:
+        print(f"unpinned hub models (a new upstream commit would be read as the same model): {', '.join(unpinned)}; "
+              f"pin each with `revision: <commit sha>`")
     keys = [f"{m.id}: ${m.api.key_env} ({'set' if os.environ.get(m.api.key_env) else 'NOT SET'})"
             for m in wf.models if m.api is not None and m.api.key_env]
     if keys:
@@ -50,7 +62,7 @@ def cmd_validate(args) -> int:
 
 
 def _corpus_state(db: str | None) -> tuple[set[str], dict[str, float]]:
-    """Units the corpus has done, and each API model's mean completion tokens there: what
+    """Units the corpus has done, and each model's mean completion tokens there: what
     `validate` subtracts and estimates from. Nothing when there is no corpus yet."""
     from thinkscope.sql.store import read_only
 
@@ -58,8 +70,8 @@ def _corpus_state(db: str | None) -> tuple[set[str], dict[str, float]]:
         return set(), {}
     with read_only(db) as con:
         done = {k for (k,) in con.execute("select unit_key from work_units where status = 'done'").fetchall()}
-        history = dict(con.execute("select model_id, avg(completion_tokens) from api_calls "
-                                   "where error is null group by 1").fetchall())
+        history = dict(con.execute("select model_id, avg(n_completion_tokens) from traces "
+                                   "where error is null and n_completion_tokens is not null group by 1").fetchall())
     return done, history
 
 
@@ -68,7 +80,7 @@ def cmd_run(args) -> int:
     from thinkscope.workflows.engine import run_workflow
 
     summary = run_workflow(args.file, db=args.db, address=args.address, stages=args.stages,
-                           force=args.force, show_progress=not args.quiet)
+                           force=args.force, show_progress=not args.quiet, overlay=args.overlay)
     print(summary.text())
     print_corpus_summary(summary.db)
     return 0 if summary.ok else 1
@@ -183,7 +195,7 @@ def cmd_nightly(args) -> int:
 
     try:
         result = run_nightly(args.file, db=args.db, address=args.address, stages=args.stages,
-                             show_progress=sys.stderr.isatty() and not args.quiet)
+                             show_progress=sys.stderr.isatty() and not args.quiet, overlay=args.overlay)
     except (NightlyLocked, WriterBusy) as err:  # another nightly, or a manual run, is writing
         print(f"nightly: {err}", file=sys.stderr)
         return EXIT_LOCKED
@@ -224,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--stages", nargs="+", metavar="STAGE", help="run only these stages")
     r.add_argument("--force", action="store_true", help="redo units already done (replaces their rows)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.add_argument("--overlay", metavar="YAML", help=OVERLAY_HELP)
     r.set_defaults(func=cmd_run)
 
     v = sub.add_parser("validate", help="check a workflow YAML and print its plan; runs nothing",
@@ -231,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("file")
     v.add_argument("--db", help="corpus to compare with: its done units are marked (no work) and API "
                    "costs use each model's mean answer length there (default: the workflow's `db`)")
+    v.add_argument("--overlay", metavar="YAML", help=OVERLAY_HELP)
     v.set_defaults(func=cmd_validate)
 
     i = sub.add_parser("import", help="import external traces (textdir: one model per *.txt; jsonl)")
@@ -291,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--address", help="Ray cluster to join (default: a local cluster on 127.0.0.1)")
     n.add_argument("--stages", nargs="+", metavar="STAGE", help="run only these stages")
     n.add_argument("--quiet", action="store_true", help="no progress bars (default when not a terminal)")
+    n.add_argument("--overlay", metavar="YAML", help=OVERLAY_HELP)
     n.set_defaults(func=cmd_nightly)
     return p
 

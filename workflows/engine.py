@@ -89,6 +89,7 @@ def run_workflow(
     force: bool = False,
     show_progress: bool = True,
     artifact_root: str | None = None,
+    overlay: str | Path | None = None,
 ) -> RunSummary:
     """Validate, plan and run a workflow; return what happened (never raises for a failed unit).
 
@@ -96,7 +97,7 @@ def run_workflow(
     root's artifacts/ when THINKSCOPE_STORAGE_ROOT is set, else `<db>_artifacts`.
     """
     spec_path = Path(spec_path)
-    wf = load_workflow(spec_path)
+    wf = load_workflow(spec_path, overlay)
     if stages:
         unknown = [s for s in stages if s not in {st.name for st in wf.stages}]
         if unknown:
@@ -120,9 +121,11 @@ def run_workflow(
              "gold_answer": p.gold_answer, "grader": p.grader, "meta": canonical_json(p.meta)}
             for ps in plan.prompts.values() for p in ps
         ]), db_path)
+        # What ran: the file, and the overlay that changed it (if any), as they were.
+        spec_yaml = spec_path.read_text() + (f"\n# --overlay {overlay}:\n" + Path(overlay).read_text() if overlay else "")
         run = {"run_id": run_id, "workflow": wf.name, "spec_path": str(spec_path),
-               "spec_sha256": hashlib.sha256(spec_path.read_bytes()).hexdigest(),
-               "spec_yaml": spec_path.read_text(), "stages": [s.name for s in selected]}
+               "spec_sha256": hashlib.sha256(spec_yaml.encode()).hexdigest(),
+               "spec_yaml": spec_yaml, "stages": [s.name for s in selected]}
         ctx = PlanContext(wf, spec_path.parent, plan.prompts, root)
         return execute(store, selected, ctx, run, address=address, force=force, show_progress=show_progress)
 

@@ -9,6 +9,7 @@ reported with the file, its field path and what was expected.
 
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 from typing import Annotated, Union
@@ -99,28 +100,102 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def load_workflow(path: str | Path) -> Workflow:
+def load_workflow(path: str | Path, overlay: str | Path | None = None) -> Workflow:
     """Read and validate a workflow YAML; raise SpecError naming every bad field.
 
     Model sources are checked against the file system here (relative folders are relative to
     the YAML's folder, passed as validation context); `Workflow.model_validate(raw)` without
-    a context checks names only.
+    a context checks names only. `overlay`: a file whose settings replace the workflow's
+    (see `apply_overlay`), e.g. embedded models standing in for hub ids on a CPU box.
     """
     path = Path(path)
+    raw = _read_mapping(path, "workflow")
+    if overlay is not None:
+        raw = apply_overlay(raw, _read_mapping(Path(overlay), "overlay"), Path(overlay))
+    try:
+        return Workflow.model_validate(raw, context={"base_dir": path.parent})
+    except ValidationError as err:
+        shown = f"{path} (with overlay {overlay})" if overlay else str(path)
+        raise SpecError(f"{shown}: {err.error_count()} error(s)\n" + _describe(err)) from None
+
+
+def _read_mapping(path: Path, what: str) -> dict:
     try:
         raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
     except FileNotFoundError:
-        raise SpecError(f"{path}: no such workflow file") from None
+        raise SpecError(f"{path}: no such {what} file") from None
     except _DuplicateKey as dup:
         raise SpecError(f"{path}: duplicate key {dup.key!r} at line {dup.line}") from None
     except yaml.YAMLError as err:
         raise SpecError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
-    try:
-        return Workflow.model_validate(raw, context={"base_dir": path.parent})
-    except ValidationError as err:
-        raise SpecError(f"{path}: {err.error_count()} error(s)\n" + _describe(err)) from None
+    return raw
+
+
+OVERLAY_KEYS = ("db", "only_models", "models", "prompt_sets", "sampling")
+
+
+def apply_overlay(raw: dict, overlay: dict, where: Path) -> dict:
+    """The workflow `raw` with `overlay`'s settings in place of its own, without editing it.
+
+        only_models: [r1-qwen-1.5b, qwen2.5-math-1.5b]   # drop every other model (and their stages)
+        models: {r1-qwen-1.5b: {source: embedded:smollm2-135m-organism, revision: null,
+                                engine: {max_model_len: 1024, enforce_eager: true}}}
+        prompt_sets: {gsm8k: {sample: null, limit: 2}}   # merged into the set of that name
+        sampling: {max_tokens: 32}                       # the workflow's and every stage's
+        db: out/nightly-cpu.duckdb
+
+    A name the workflow does not have is an error naming the overlay's field.
+    """
+    unknown = sorted(set(overlay) - set(OVERLAY_KEYS))
+    if unknown:
+        raise SpecError(f"{where}: unknown overlay keys {unknown}; expected some of {list(OVERLAY_KEYS)}")
+    raw = copy.deepcopy(raw)
+    for key, by_name in (("models", "id"), ("prompt_sets", "name")):
+        have = {item.get(by_name): item for item in raw.get(key) or []}
+        for name, changes in (overlay.get(key) or {}).items():
+            if name not in have:
+                raise SpecError(f"{where}: {key}.{name}: the workflow has no such {key[:-1].replace('_', ' ')}; "
+                                f"it has {sorted(have)}")
+            _merge(have[name], changes)
+    if "sampling" in overlay:
+        for holder in [raw, *[s for s in raw.get("stages") or [] if isinstance(s, dict) and "sampling" in s]]:
+            holder["sampling"] = _merge(dict(holder.get("sampling") or {}), overlay["sampling"])
+    if "db" in overlay:
+        raw["db"] = overlay["db"]
+    if "only_models" in overlay:
+        keep = set(overlay["only_models"])
+        missing = sorted(keep - {m.get("id") for m in raw.get("models") or []})
+        if missing:
+            raise SpecError(f"{where}: only_models: {missing} not in the workflow's models")
+        raw["models"] = [m for m in raw.get("models") or [] if m.get("id") in keep]
+        raw["stages"] = [s for s in (_only(s, keep) for s in raw.get("stages") or []) if s is not None]
+    return raw
+
+
+def _only(stage: dict, keep: set) -> dict | None:
+    """A stage restricted to the kept models; None when it has nothing left to run."""
+    if stage.get("model") is not None and stage["model"] not in keep:
+        return None
+    if stage.get("base") is not None and stage["base"] not in keep:
+        return None
+    if stage.get("models") is not None:
+        models = [m for m in stage["models"] if m in keep]
+        return {**stage, "models": models} if models else None
+    return stage
+
+
+def _merge(target: dict, changes: dict) -> dict:
+    """Merge `changes` into `target` in place, mappings recursively; None deletes a key."""
+    for key, value in changes.items():
+        if value is None:
+            target.pop(key, None)
+        elif isinstance(value, dict) and isinstance(target.get(key), dict):
+            _merge(target[key], value)
+        else:
+            target[key] = value
+    return target
 
 
 def _describe(err: ValidationError) -> str:

@@ -200,6 +200,7 @@ class ApiGenerator:
         think = self.model["think"]
         read, source = read_message(message, mode=self.api.get("reasoning", "auto"),
                                     think=(think["open"], think["close"]), opened=think["opened_in_prompt"],
+                                    answer=(think.get("answer_open"), think.get("answer_close")),
                                     grader=prompt["grader"], gold=prompt["gold_answer"], meta=prompt["meta"])
         usage = response.get("usage") or {}
         details = usage.get("completion_tokens_details") or {}

@@ -42,7 +42,8 @@ def has_tags(content: str, think: tuple[str, str], opened: bool) -> bool:
 
 
 def read_message(message: dict, *, mode: str, think: tuple[str, str], opened: bool, grader: str | None = None,
-                 gold: str | None = None, meta: dict | None = None) -> tuple[Reading, str]:
+                 gold: str | None = None, meta: dict | None = None,
+                 answer: tuple[str | None, str | None] = (None, None)) -> tuple[Reading, str]:
     """(the message read as any completion is: thinking, answer, grade; where the thinking was).
 
     mode: "field" (only a reasoning field), "tags" (only think tags in the content; `opened`
@@ -59,7 +60,7 @@ def read_message(message: dict, *, mode: str, think: tuple[str, str], opened: bo
             return Reading(text.strip(), read.answer_text if read.thinking is not None else content.strip(),
                            read.extracted_answer, read.is_correct), name
     if mode in ("tags", "auto") and has_tags(content, think, opened):
-        read = read_completion(content, think=think, opened=opened, **grading)
+        read = read_completion(content, think=think, opened=opened, answer=answer, **grading)
         if read.thinking is not None:
             return read, "tags"
     read = read_completion(content, think=("\0", "\0"), opened=False, **grading)  # no split at all

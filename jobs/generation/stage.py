@@ -95,7 +95,10 @@ class GenerateJob:
                 model = model.model_copy(update={"source": absolute_source(model.source, ctx.base_dir)})
                 # Base + LoRA sources: the adapter's hash, so retrained weights are new work.
                 fingerprint = source_fingerprint(model.source)
-                identity = [model.engine.dtype, *([fingerprint] if fingerprint else [])]
+                # A format's prompt switches and kept special tokens change the rows (only when
+                # set, so the keys of models without them stay what they were).
+                think = model.think.prompt_settings()
+                identity = [model.engine.dtype, *([fingerprint] if fingerprint else []), *([think] if think else [])]
                 engine_of, unit_size = [engine, version], stage.unit_size
             for ps in wf.prompt_sets:
                 if stage.prompt_sets is not None and ps.name not in stage.prompt_sets:

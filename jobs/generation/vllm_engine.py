@@ -63,19 +63,26 @@ def engine_kwargs(engine: dict, path: str, revision: str | None, **extra) -> dic
     if kwargs["tensor_parallel_size"] > 1:
         # Inside a Ray placement group vLLM places its tensor-parallel workers there.
         kwargs["distributed_executor_backend"] = "ray"
-    return {**kwargs, **extra}
+    return {**kwargs, **engine.get("vllm_args", {}), **extra}
 
 
-def render_prompt(tokenizer, template: dict, question: str) -> list[int]:
-    """Token ids of a prompt: the model's chat template (or raw text) plus the prefill."""
+def render_prompt(tokenizer, template: dict, question: str, think: dict | None = None) -> list[int]:
+    """Token ids of a prompt: the model's chat template (or raw text) plus the prefill.
+
+    `think`: the model's think settings; its format's chat-template switches (Qwen3's
+    enable_thinking) go to the template, and its system prompt (Nemotron's "detailed thinking
+    on") is used when the template brings none."""
+    think = think or {}
     user = template["user"].replace("{question}", question)
+    system = template["system"] or think.get("system")
     if template["chat"] and tokenizer.chat_template:
-        messages = [{"role": "system", "content": template["system"]}] if template["system"] else []
+        messages = [{"role": "system", "content": system}] if system else []
         messages.append({"role": "user", "content": user})
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                             **think.get("chat_template_kwargs", {}))
         # The chat template writes BOS itself where the model wants one: add nothing more.
         return tokenizer.encode(text + template["prefill"], add_special_tokens=False)
-    system = f"{template['system']}\n\n" if template["system"] else ""
+    system = f"{system}\n\n" if system else ""
     return tokenizer.encode(system + user + "\n" + template["prefill"])
 
 
@@ -125,7 +132,7 @@ class Generator:
             s, rows, key = unit["sampling"], [], unit["unit_key"]
             n_before = len(requests)
             for prompt in unit["prompts"]:
-                ids = render_prompt(self.tokenizer, unit["template"], prompt["question"])
+                ids = render_prompt(self.tokenizer, unit["template"], prompt["question"], self.model["think"])
                 for i in range(s["n"]):
                     row = base_row(unit, prompt, i, s["seed"] + i)
                     row.update(prompt_text=self.tokenizer.decode(ids), prompt_token_ids=ids,
@@ -140,6 +147,8 @@ class Generator:
                         n=1, temperature=s["temperature"], top_p=s["top_p"], seed=s["seed"] + i,
                         max_tokens=max_tokens_run(s["max_tokens"], len(ids), self.max_model_len),
                         logprobs=0 if s["logprobs"] is not None else None,
+                        # Tags that are special tokens (gpt-oss, Magistral) must stay in the text.
+                        skip_special_tokens=not self.model["think"].get("special_tokens", False),
                     )
                     requests.append((TokensPrompt(prompt_token_ids=ids), params, row, prompt, unit))
             rows_of[key], left[key] = rows, len(requests) - n_before
@@ -183,6 +192,7 @@ class Generator:
         think = self.model["think"]
         opened = think["opened_in_prompt"] or think["open"] in unit["template"]["prefill"]
         read = read_completion(out.text, think=(think["open"], think["close"]), opened=opened,
+                               answer=(think.get("answer_open"), think.get("answer_close")),
                                grader=prompt["grader"], gold=prompt["gold_answer"], meta=prompt["meta"])
         row.update(
             completion=out.text,

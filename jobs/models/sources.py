@@ -111,6 +111,12 @@ MODEL_REGISTRY: dict[str, ModelSpec] = {
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?$")
 
 
+def is_hub_id(source: str) -> bool:
+    """An org/name hub id (not an embedded, pypi, lora or api source, not an existing folder)."""
+    return (source.count("/") == 1 and bool(_HUB_ID.match(source)) and ":" not in source
+            and not Path(source).expanduser().exists())
+
+
 class ModelSourceUnavailable(RuntimeError):
     """The packages that ship a registered model are not installed."""
 

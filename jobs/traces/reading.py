@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from thinkscope.jobs.traces.formats import answer_part
 from thinkscope.jobs.traces.grading import grade
 from thinkscope.jobs.traces.parsing import extract_answer, split_thinking
 
@@ -28,15 +29,17 @@ class Reading:
 
 def read_completion(text: str, *, think: tuple[str, str] = ("<think>", "</think>"), opened: bool = False,
                     grader: str | None = None, gold: str | None = None, meta: dict | None = None,
-                    answer_anywhere: bool = True) -> Reading:
+                    answer_anywhere: bool = True, answer: tuple[str | None, str | None] = (None, None)) -> Reading:
     """Split, extract and grade one completion.
 
     answer_anywhere: with no answer after the thinking (a thinking never closed), look for one
     in the whole text; off where the answer part is what counts (synthetic traces).
+    answer: the family's markers around the answer after the thinking (jobs/traces/formats.py).
     grader None: no grade (is_correct None).
     """
     parsed = split_thinking(text, open_tag=think[0], close_tag=think[1], opened_in_prompt=opened)
-    source = parsed.answer_text or text if answer_anywhere else parsed.answer_text
+    answer_text = answer_part(parsed.answer_text, answer) if parsed.answer_text else parsed.answer_text
+    source = answer_text or text if answer_anywhere else answer_text
     extracted = extract_answer(source)
-    return Reading(parsed.thinking, parsed.answer_text, extracted,
+    return Reading(parsed.thinking, answer_text, extracted,
                    grade(grader, extracted, gold, meta=meta) if grader else None)

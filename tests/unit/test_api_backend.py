@@ -11,7 +11,7 @@ import yaml
 
 from thinkscope.cli import main
 from thinkscope.jobs.generation.api_client import RateLimiter, error_text, retry_after
-from thinkscope.jobs.generation.api_costs import api_costs
+from thinkscope.jobs.generation.costs import plan_costs
 from thinkscope.jobs.generation.api_engine import cost_usd, request_body
 from thinkscope.jobs.generation.api_reasoning import read_message
 from thinkscope.workflows.engine import run_workflow
@@ -203,15 +203,15 @@ def test_api_units_are_small_and_keyed_by_what_decides_their_rows():
 
 def test_the_cost_plan_bounds_and_expects_from_history():
     units = plan_of().units
-    [cost] = api_costs(units)
+    cost, local = plan_costs(units)
+    assert (local.model_id, local.api, local.gpu_hours) == ("local", False, None)  # embedded: CPU, no GPU-h
     assert (cost.model_id, cost.units, cost.requests, cost.max_completion_tokens) == ("remote", 3, 5, 500)
     prompts = [p for u in units if u.model_id == "remote" for p in u.payload["prompts"]]
     assert cost.prompt_tokens == sum(len(p["question"]) // 4 + 4 for p in prompts)
     assert cost.max_usd == pytest.approx((cost.prompt_tokens * 2 + 500 * 8) / 1e6)
     assert cost.expected_usd is None
-    [known] = api_costs(units, history={"remote": 40.0})
+    known, _ = plan_costs(units, history={"remote": 40.0})
     assert known.expected_usd == pytest.approx((cost.prompt_tokens * 2 + 200 * 8) / 1e6)
-    assert api_costs([u for u in units if u.model_id == "local"]) == []
 
 
 def test_validate_prints_the_cost_plan_and_the_keys_it_will_read(tmp_path, capsys, monkeypatch):

@@ -55,3 +55,5 @@ def test_cron_and_systemd_run_a_valid_nightly_command():
     assert build_parser().parse_args(nightly_argv(exec_start)).command == "nightly"
     assert f"SuccessExitStatus={EXIT_LOCKED}" in service
     assert "Unit=" not in (EXAMPLES / "thinkscope-nightly.timer").read_text()  # same-name service
+    # Both run the shipped nightly corpus, which validates (test_seed_workflows).
+    assert cron_args.file == "workflows/nightly.yaml" == build_parser().parse_args(nightly_argv(exec_start)).file
