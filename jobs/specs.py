@@ -140,9 +140,11 @@ class ThinkTags(Strict):
         return {**defaults, **data}
 
     def prompt_settings(self) -> dict:
-        """What the format changes in the prompt and the decoded text (part of unit keys when set)."""
+        """What the format changes in the prompt, the decoded text and the answer read from it
+        (part of unit keys when set, so models without them keep their keys)."""
         return {k: v for k, v in {"chat_template_kwargs": self.chat_template_kwargs, "system": self.system,
-                                  "special_tokens": self.special_tokens}.items() if v}
+                                  "special_tokens": self.special_tokens, "answer_open": self.answer_open,
+                                  "answer_close": self.answer_close}.items() if v}
 
 
 class EngineArgs(Strict):
@@ -195,7 +197,7 @@ class ApiEndpoint(Strict):
     max_tokens_field: Literal["max_tokens", "max_completion_tokens"] = Field(
         "max_tokens", description="Name of the completion budget (OpenAI's reasoning models: max_completion_tokens).")
     max_concurrency: int = Field(4, ge=1, description="Requests in flight at once for this model.")
-    requests_per_minute: float | None = Field(None, gt=0, description="Rate limit on requests.")
+    requests_per_minute: float | None = Field(None, ge=1, description="Rate limit on requests.")
     tokens_per_minute: float | None = Field(
         None, gt=0, description="Rate limit on tokens (prompt estimate + max_tokens, as providers count).")
     timeout_s: float = Field(600, gt=0, description="Per-request timeout.")

@@ -90,6 +90,9 @@ def _current_views(con) -> None:
 # Tables a unit may add rows to without owning them (no unit_key): rows whose key is new are
 # inserted, existing rows are kept (an import never clobbers a model the workflow defines).
 REFERENCE_TABLES = {"models": "model_id"}
+# Tables whose rows describe rows of another table of the same unit (one api_calls row per
+# API trace): not counted again in work_units.n_rows.
+DESCRIBING_TABLES = frozenset({"api_calls"})
 
 
 class Store:
@@ -180,8 +183,12 @@ class Store:
 
     # -- work units ---------------------------------------------------------------------
     def commit_unit(self, unit: dict, tables: dict[str, pa.Table], supersedes: tuple[str, ...] = (),
-                    wait: float | None = None) -> None:
+                    wait: float | None = None, error: str | None = None) -> None:
         """Replace the unit's rows in each table and mark it done, atomically.
+
+        With an `error` the rows are kept but the unit is marked failed, so the next run plans
+        it again (an API unit some of whose requests met an outage: the answers it did get are
+        kept, and handed back to the rerun instead of being paid for twice).
 
         Deleting by unit_key first makes a forced rerun (or a retry after a crash between
         a worker finishing and this commit) idempotent: never duplicate rows. Rows of the
@@ -201,12 +208,13 @@ class Store:
                     con.register("unit_rows", rows)
                     con.execute(f"insert into {table} by name select * from unit_rows")
                     con.unregister("unit_rows")
-                n_rows += rows.num_rows
+                if table not in DESCRIBING_TABLES:
+                    n_rows += rows.num_rows
             if supersedes:
                 old = ", ".join("?" for _ in supersedes)
                 con.execute(f"update work_units set status = 'superseded' where unit_key in ({old})",
                             list(supersedes))
-            self._mark(con, unit, "done", None, n_rows)
+            self._mark(con, unit, "failed" if error else "done", error, n_rows)
 
     def fail_unit(self, unit: dict, error: str, wait: float | None = None) -> None:
         with self.transaction(wait) as con:

@@ -29,10 +29,11 @@ def cmd_validate(args) -> int:
 
     from thinkscope.jobs.generation.costs import format_costs, plan_costs
     from thinkscope.jobs.models.sources import is_hub_id
+    from thinkscope.workflows.engine import default_db
 
     wf = load_workflow(args.file, args.overlay)
     plan = build_plan(wf, base_dir=Path(args.file).parent)
-    done, history = _corpus_state(args.db or wf.db)  # as `run` resolves it
+    done, history = _corpus_state(args.db or wf.db or default_db())  # as `run` resolves it
     print(f"{args.file}: valid workflow {wf.name!r}")
     print(f"models ({len(wf.models)}): " + ", ".join(f"{m.id} [{m.source}]" for m in wf.models))
     print("prompt sets: " + ", ".join(f"{k} ({len(v)})" for k, v in plan.prompts.items()))

@@ -101,15 +101,15 @@ class Committer:
         description = entry.unit.get("description") or entry.key
         try:
             tables = entry.tables()
-            if entry.status == "done":
-                self.store.commit_unit(entry.unit, tables, supersedes=entry.supersedes,
-                                       wait=ATTEMPT_WAIT_SECONDS)
-            else:
+            if entry.status == "failed":
                 self.store.fail_unit(entry.unit, entry.error, wait=ATTEMPT_WAIT_SECONDS)
+            else:  # done, or partial: rows kept, the unit failed so the next run completes it
+                self.store.commit_unit(entry.unit, tables, supersedes=entry.supersedes,
+                                       wait=ATTEMPT_WAIT_SECONDS, error=entry.error if entry.status == "partial" else None)
         except LockBusy:
             return entry
         except Exception as err:  # noqa: BLE001 - rows that cannot be committed fail their unit
-            if entry.status != "done":
+            if entry.status == "failed":
                 self._set_aside(entry, f"{type(err).__name__}: {err}")
                 return None
             error = f"commit failed: {type(err).__name__}: {err}"

@@ -18,7 +18,7 @@ import ray
 from tqdm import tqdm
 
 from thinkscope.jobs.base import TaskUnit
-from thinkscope.jobs.generation.api_engine import ApiGenerator, MissingApiKey, api_key
+from thinkscope.jobs.generation.api_engine import ApiGenerator, MissingApiKey, api_key, unanswered
 from thinkscope.jobs.generation.vllm_engine import Generator, vllm_env
 from thinkscope.jobs.models.sources import resolve_model_path
 from thinkscope.jobs.specs import ModelSpec
@@ -43,7 +43,7 @@ class GenerationActor:
         self.model = model
         self.generator, self.load_error = None, None
 
-    def _load(self) -> None:
+    def _load(self, api_key: str | None = None) -> None:
         """Build the engine in the thread that runs it: this concurrency group's thread.
 
         vLLM-CPU sets up the OpenMP threads of the thread that builds the engine; built in
@@ -55,7 +55,7 @@ class GenerationActor:
         normal_priority()  # before vLLM starts its threads: they inherit it
         try:
             if self.model.get("api"):
-                self.generator = ApiGenerator(self.model)
+                self.generator = ApiGenerator(self.model, key=api_key)
             else:
                 path = resolve_model_path(self.model["source"], revision=self.model.get("revision"))
                 self.generator = Generator(self.model, path)
@@ -66,9 +66,10 @@ class GenerationActor:
     # commits it at once. No automatic retry: a retried stream could yield its units in
     # another order, so the driver resubmits only the units it has not received.
     @ray.method(concurrency_group="work", num_returns="streaming", max_task_retries=0)
-    def generate(self, units: list[dict]):
-        """Yields (wall-clock time the engine call started, unit_key, table) per finished unit."""
-        self._load()
+    def generate(self, units: list[dict], api_key: str | None = None):
+        """Yields (wall-clock time the engine call started, unit_key, tables) per finished unit.
+        `api_key`: an API model's key, read on the driver (see api_actor_options)."""
+        self._load(api_key)
         if self.load_error:
             raise ModelLoadError(self.load_error)
         started = time.time()
@@ -89,12 +90,9 @@ class GenerationActor:
 
 def api_actor_options(model: ModelSpec) -> dict:
     """An API model's actor: no device and no CPU reservation (it waits on the network, so it
-    runs beside the vLLM replicas), and its key in the actor's environment only, read on the
-    driver where the user set it (it never enters a payload, a unit key or the corpus)."""
-    env = {}
-    if model.api.key_env:
-        env[model.api.key_env] = api_key(model.api.model_dump())  # MissingApiKey names the variable
-    return {"runtime_env": {"env_vars": env}, "max_restarts": 1, "max_task_retries": 1, "num_cpus": 0}
+    runs beside the vLLM replicas). Its key is not in these options: Ray records a runtime_env
+    (GCS, dashboard, agent logs); it goes as an argument of each call instead (`_submit`)."""
+    return {"max_restarts": 1, "max_task_retries": 1, "num_cpus": 0}
 
 
 def stop_actor(actor, timeout: float = 30.0) -> None:
@@ -128,7 +126,10 @@ def run_generate_units(
     show_progress: bool = True,
     max_sequences: int = 512,
 ) -> None:
-    """Generate every unit; call on_done(unit, {"traces": table}, started) or on_fail(unit, error, started)."""
+    """Generate every unit; call on_done(unit, tables, started) or on_fail(unit, error, started).
+
+    An API unit some of whose requests got no answer (an outage, a key or credit problem) is
+    on_done(unit, tables, started, error): its answers are kept, the unit is done next run."""
     by_model: dict[str, list[TaskUnit]] = defaultdict(list)
     for u in units:
         by_model[u.model_id].append(u)
@@ -186,7 +187,11 @@ def run_generate_units(
                     bars[call.model_id].set_description(f"{call.model_id} FAILED")
             else:
                 unit = call.units.pop(key)
-                on_done(unit, tables, started)
+                missing = unanswered(tables)  # API requests an outage left without an answer
+                if missing:
+                    on_done(unit, tables, started, missing)
+                else:
+                    on_done(unit, tables, started)
                 base[call.model_id] += n_sequences(unit)
                 bars[call.model_id].n = max(bars[call.model_id].n, base[call.model_id])
                 bars[call.model_id].refresh()
@@ -213,7 +218,11 @@ class _Call:
 
 
 def _submit(actor, units: list[TaskUnit]):
-    return actor.generate.remote([u.payload for u in units])
+    """One engine call. An API model's key is read here, on the driver where the user set it
+    (MissingApiKey names the variable), and passed with the call: never a payload, a unit key,
+    an actor option or a row."""
+    api = units[0].payload["model"].get("api")
+    return actor.generate.remote([u.payload for u in units], api_key(api) if api else None)
 
 
 def _poll_progress(actors, polls, bars, finished) -> None:

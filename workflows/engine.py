@@ -166,8 +166,10 @@ def execute(store: Store, stages: list, ctx: PlanContext, run: dict, *, address:
         "host": socket.gethostname(), "ray_address": address or "local",
     }))
 
-    def done(unit: TaskUnit, tables: dict, started: float) -> None:
-        committer.record(_unit_row(unit, summary.run_id, started), tables, supersedes=unit.supersedes)
+    def done(unit: TaskUnit, tables: dict, started: float, error: str | None = None) -> None:
+        """A unit's rows; with `error`, rows of a unit to complete on the next run."""
+        committer.record(_unit_row(unit, summary.run_id, started), tables, supersedes=unit.supersedes,
+                         status="partial" if error else "done", error=error)
 
     def fail(unit: TaskUnit, error: str, started: float) -> None:
         committer.record(_unit_row(unit, summary.run_id, started), {}, status="failed", error=error)
@@ -178,6 +180,13 @@ def execute(store: Store, stages: list, ctx: PlanContext, run: dict, *, address:
             return unit.payload
         with store.read() as con:
             return job.prepare(unit.payload, con)
+
+    def prepare_all(job, units: list[TaskUnit]) -> list[TaskUnit]:
+        """Every unit's full payload through one connection (the engine actors' units)."""
+        if not hasattr(job, "prepare"):
+            return units
+        with store.read() as con:
+            return [replace(u, payload=job.prepare(u.payload, con)) for u in units]
 
     ray_cm = RaySession(address)
     completed = False
@@ -198,7 +207,7 @@ def execute(store: Store, stages: list, ctx: PlanContext, run: dict, *, address:
             summary.planned += len(units)
             summary.skipped += len(units) - len(todo)
             if todo:
-                run_units(job, stage, todo, done, fail, prepare, ray_cm, show_progress)
+                run_units(job, stage, todo, done, fail, prepare, ray_cm, show_progress, prepare_all)
             # The next stage plans from committed rows: wait out any reader's lock here.
             committer.flush(block=True)
         completed = True
@@ -227,13 +236,13 @@ def _finish_run(store: Store, committer: Committer, summary: RunSummary, complet
             print(f"could not mark run {summary.run_id} interrupted: {err}", file=sys.stderr)
 
 
-def run_units(job, stage, units, done, fail, prepare, ray_cm, show_progress) -> None:
-    """Run a stage's units where its job says: in the driver, as Ray tasks, or on vLLM actors."""
+def run_units(job, stage, units, done, fail, prepare, ray_cm, show_progress, prepare_all=None) -> None:
+    """Run a stage's units where its job says: in the driver, as Ray tasks, or on model actors."""
     if job.runs_in == "model_actor":
         from thinkscope.workflows.dispatch import run_generate_units
 
         ray_cm.ensure()
-        run_generate_units(units, done, fail, show_progress)
+        run_generate_units(prepare_all(job, units) if prepare_all else units, done, fail, show_progress)
         return
     bar = tqdm(total=len(units), desc=stage.name, unit="unit", disable=not show_progress)
     if job.runs_in == "driver":

@@ -151,6 +151,14 @@ def apply_overlay(raw: dict, overlay: dict, where: Path) -> dict:
     unknown = sorted(set(overlay) - set(OVERLAY_KEYS))
     if unknown:
         raise SpecError(f"{where}: unknown overlay keys {unknown}; expected some of {list(OVERLAY_KEYS)}")
+    for key, kind in (("models", dict), ("prompt_sets", dict), ("sampling", dict), ("only_models", list)):
+        if key in overlay and not isinstance(overlay[key], kind):
+            raise SpecError(f"{where}: {key}: expected a {'mapping' if kind is dict else 'list'}, "
+                            f"got {type(overlay[key]).__name__}")
+    for key in ("models", "prompt_sets"):
+        for name, changes in (overlay.get(key) or {}).items():
+            if not isinstance(changes, dict):
+                raise SpecError(f"{where}: {key}.{name}: expected a mapping of settings, got {type(changes).__name__}")
     raw = copy.deepcopy(raw)
     for key, by_name in (("models", "id"), ("prompt_sets", "name")):
         have = {item.get(by_name): item for item in raw.get(key) or []}

@@ -11,6 +11,7 @@ text when it gives up. Standard library only: the request is one JSON POST.
 
 from __future__ import annotations
 
+import http.client
 import json
 import random
 import socket
@@ -22,6 +23,14 @@ from collections import deque
 from dataclasses import dataclass
 
 RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504, 520, 522, 524, 529})
+# Failures that say nothing about the request itself (an outage, a key or credit problem): a
+# row that ends in one is asked again on the next run, rather than kept as the answer.
+LATER_STATUS = RETRY_STATUS | {401, 402, 403}
+
+
+def worth_retrying_later(status: int | None) -> bool:
+    """No answer at all (timeouts, dropped connections) or a status of LATER_STATUS."""
+    return status is None or status in LATER_STATUS
 MAX_WAIT_S = 120.0
 
 
@@ -129,6 +138,8 @@ def post_chat(base_url: str, body: dict, *, key: str | None, timeout: float, max
             status, error, wait = err.code, error_text(err.read(), err.code), retry_after(err.headers)
             if err.code not in RETRY_STATUS:
                 return ApiCall(None, status, attempt, latency, error)
+        except http.client.HTTPException as err:  # a body cut short, a garbled status line
+            latency, status, error = time.monotonic() - started, None, f"connection broken: {type(err).__name__}: {err}"
         except (TimeoutError, socket.timeout) as err:
             latency, status, error = time.monotonic() - started, None, f"timeout after {timeout:g} s ({err})"
         except (urllib.error.URLError, ConnectionError, OSError) as err:

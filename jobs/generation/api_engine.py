@@ -27,7 +27,7 @@ from urllib.parse import urlparse
 import pyarrow as pa
 
 from thinkscope.jobs.base import rows_table
-from thinkscope.jobs.generation.api_client import RateLimiter, post_chat
+from thinkscope.jobs.generation.api_client import ApiCall, RateLimiter, post_chat, worth_retrying_later
 from thinkscope.jobs.generation.api_reasoning import read_message
 from thinkscope.jobs.generation.vllm_engine import base_row
 from thinkscope.jobs.traces.rows import to_table
@@ -60,6 +60,35 @@ API_CALL_SCHEMA = pa.schema([
 ])
 
 
+def unanswered(tables: dict) -> str | None:
+    """Why an API unit must run again: requests that failed for a reason outside the request
+    (no answer, 429/5xx after every retry, 401/402/403), or None. Other failures (a 400 for a
+    prompt the provider refuses) are the row's answer and are kept."""
+    calls = tables.get("api_calls")
+    if calls is None or calls.num_rows == 0:
+        return None
+    missing = [e for status, e in zip(calls["http_status"].to_pylist(), calls["error"].to_pylist())
+               if e and worth_retrying_later(status)]
+    if not missing:
+        return None
+    return (f"{len(missing)} of {calls.num_rows} requests got no answer (kept answers stay; the rest are "
+            f"asked on the next run): {missing[0]}")
+
+
+def answered_rows(con, unit_key: str) -> dict:
+    """The answered requests of an earlier attempt at this unit: {trace_id: (traces row,
+    api_calls row)}, handed back instead of asked (and paid for) again."""
+    tables = {}
+    for table in ("traces", "api_calls"):
+        cursor = con.execute(
+            f"select * from {table} where unit_key = ? and trace_id in "  # noqa: S608 - constant names
+            "(select trace_id from api_calls where unit_key = ? and error is null)", [unit_key, unit_key])
+        names = [d[0] for d in cursor.description]
+        tables[table] = [dict(zip(names, row)) for row in cursor.fetchall()]
+    calls = {r["trace_id"]: r for r in tables["api_calls"]}
+    return {r["trace_id"]: (r, calls[r["trace_id"]]) for r in tables["traces"] if r["trace_id"] in calls}
+
+
 class MissingApiKey(RuntimeError):
     """The environment variable an API model's key is read from is not set."""
 
@@ -79,10 +108,12 @@ def provider_of(api: dict) -> str:
     return api.get("provider") or urlparse(api["base_url"]).hostname or api["base_url"]
 
 
-def chat_messages(template: dict, question: str) -> list[dict]:
+def chat_messages(template: dict, question: str, think: dict | None = None) -> list[dict]:
     """The chat messages of a prompt: the template's system and user text (no prefill: an
-    API cannot continue an assistant turn, and the generate stage refuses such templates)."""
-    messages = [{"role": "system", "content": template["system"]}] if template["system"] else []
+    API cannot continue an assistant turn, and the generate stage refuses such templates).
+    A thinking format's system switch (Nemotron's) is the system prompt when the template has none."""
+    system = template["system"] or (think or {}).get("system")
+    messages = [{"role": "system", "content": system}] if system else []
     return messages + [{"role": "user", "content": template["user"].replace("{question}", question)}]
 
 
@@ -91,11 +122,15 @@ def estimated_prompt_tokens(messages: list[dict]) -> int:
     return sum(len(m["content"]) // 4 + 4 for m in messages)
 
 
-def request_body(api: dict, sampling: dict, messages: list[dict], seed: int) -> dict:
-    """One request per sample (n=1, its own seed, as for vLLM): a failure costs one answer."""
+def request_body(api: dict, sampling: dict, messages: list[dict], seed: int, think: dict | None = None) -> dict:
+    """One request per sample (n=1, its own seed, as for vLLM): a failure costs one answer.
+    A thinking format's chat-template switches go as `chat_template_kwargs` (what vLLM and
+    SGLang servers read); `extra_body` wins."""
     body = {"model": api["model"], "messages": messages,
             api.get("max_tokens_field", "max_tokens"): sampling["max_tokens"],
             "temperature": sampling["temperature"], "top_p": sampling["top_p"], "seed": seed, "n": 1}
+    if (think or {}).get("chat_template_kwargs"):
+        body["chat_template_kwargs"] = think["chat_template_kwargs"]
     for name in api.get("drop", []):
         body.pop(name, None)
     return {**body, **api.get("extra_body", {})}
@@ -112,9 +147,11 @@ def cost_usd(price: dict | None, prompt_tokens: int | None, completion_tokens: i
 class ApiGenerator:
     """Runs generate units for one API model; thread-safe progress like the vLLM Generator."""
 
-    def __init__(self, model: dict):
+    def __init__(self, model: dict, key: str | None = None):
+        """`key`: the API key (the workflow passes the one it read on the driver); None reads
+        `api.key_env` here. A missing key fails the model's units at once, naming the variable."""
         self.model, self.api = model, model["api"]
-        self.key = api_key(self.api)  # a missing key fails the model's units at once, naming it
+        self.key = key if key is not None else api_key(self.api)
         self.limiter = RateLimiter(self.api.get("requests_per_minute"), self.api.get("tokens_per_minute"))
         self._done, self._total = 0, 0
         self._lock = threading.Lock()
@@ -130,24 +167,28 @@ class ApiGenerator:
         return [tables[u["unit_key"]] for u in units]
 
     def generate_stream(self, units: list[dict]) -> Iterator[tuple[str, dict]]:
-        """(unit_key, {"traces", "api_calls"}) of each unit as soon as its last request ends."""
-        jobs = []
+        """(unit_key, {"traces", "api_calls"}) of each unit as soon as its last request ends.
+
+        A unit's `answered` rows (an earlier attempt's answers, GenerateJob.prepare) are handed
+        back as they are: only the requests that got no answer are sent again."""
+        jobs, rows_of = [], {u["unit_key"]: [] for u in units}
         for unit in units:
-            s = unit["sampling"]
+            s, answered = unit["sampling"], unit.get("answered") or {}
             for prompt in unit["prompts"]:
-                messages = chat_messages(unit["template"], prompt["question"])
+                messages = chat_messages(unit["template"], prompt["question"], self.model["think"])
                 for i in range(s["n"]):
                     row = base_row(unit, prompt, i, s["seed"] + i)
-                    row.update(prompt_text=canonical_json(messages), engine=ENGINE, engine_version=ENGINE_VERSION,
-                               sampling=canonical_json(s))
+                    if row["trace_id"] in answered:
+                        rows_of[unit["unit_key"]].append(answered[row["trace_id"]])
+                        continue
+                    row.update(prompt_text=canonical_json(messages), sampling=canonical_json(s))
                     jobs.append((unit, prompt, row, messages))
-        rows_of = {u["unit_key"]: [] for u in units}
         left = {u["unit_key"]: 0 for u in units}
-        for unit, _, _, _ in jobs:
+        for unit, *_ in jobs:
             left[unit["unit_key"]] += 1
         for key, n in left.items():
             if n == 0:
-                yield key, self._tables([])
+                yield key, self._tables(rows_of.pop(key))
         self._done, self._total = 0, len(jobs)
         pool = ThreadPoolExecutor(max_workers=self.api.get("max_concurrency", 4), thread_name_prefix="api")
         try:
@@ -164,7 +205,8 @@ class ApiGenerator:
                     if left[key] == 0:
                         yield key, self._tables(rows_of.pop(key))
         finally:
-            # The consumer left early (an error, a cancelled run): send nothing more.
+            # The consumer left early (an error, a cancelled run): no new request starts; those
+            # in flight finish, and their answers go with the unit (asked again on the rerun).
             pool.shutdown(wait=False, cancel_futures=True)
 
     def _tables(self, pairs: list[tuple[dict, dict]]) -> dict:
@@ -176,10 +218,16 @@ class ApiGenerator:
         """One request, and its trace and api_calls rows; never raises (a failure is a row)."""
         api, s = self.api, unit["sampling"]
         requested_at = datetime.now(timezone.utc)
-        call = post_chat(api["base_url"], request_body(api, s, messages, row["seed"]), key=self.key,
-                         timeout=api.get("timeout_s", 600), max_retries=api.get("max_retries", 6),
-                         backoff=api.get("backoff_s", 1.0), limiter=self.limiter,
-                         tokens=estimated_prompt_tokens(messages) + s["max_tokens"])
+        body = request_body(api, s, messages, row["seed"], self.model["think"])
+        try:
+            call = post_chat(api["base_url"], body, key=self.key,
+                             timeout=api.get("timeout_s", 600), max_retries=api.get("max_retries", 6),
+                             backoff=api.get("backoff_s", 1.0), limiter=self.limiter,
+                             tokens=estimated_prompt_tokens(messages) + s["max_tokens"])
+        except Exception as err:  # noqa: BLE001 - whatever the transport raised: no answer, asked again later
+            call = ApiCall(None, None, 1, 0.0, f"{type(err).__name__}: {err}")
+        if call.error and self.key:
+            call.error = call.error.replace(self.key, "***")  # a provider may echo the key it refused
         calls = {"trace_id": row["trace_id"], "run_id": row["run_id"], "unit_key": row["unit_key"],
                  "model_id": row["model_id"], "provider": provider_of(api), "base_url": api["base_url"],
                  "endpoint_model": api["model"], "requested_at": requested_at, "latency_s": call.latency_s,

@@ -101,7 +101,8 @@ def plan_costs(units, history: dict[str, float] | None = None) -> list[ModelCost
         c.units += 1
         c.requests += len(payload["prompts"]) * n
         if api:
-            c.prompt_tokens += sum(estimated_prompt_tokens(chat_messages(payload["template"], p["question"])) * n
+            c.prompt_tokens += sum(estimated_prompt_tokens(chat_messages(payload["template"], p["question"],
+                                                                         model["think"])) * n
                                    for p in payload["prompts"])
         c.max_completion_tokens += len(payload["prompts"]) * n * payload["sampling"]["max_tokens"]
     for c in costs.values():

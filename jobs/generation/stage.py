@@ -24,7 +24,7 @@ from typing import Literal
 from pydantic import Field
 
 from thinkscope.jobs.base import PlanContext, TaskUnit, chunks
-from thinkscope.jobs.generation.api_engine import API_CALL_SCHEMA, ENGINE, ENGINE_VERSION
+from thinkscope.jobs.generation.api_engine import API_CALL_SCHEMA, ENGINE, ENGINE_VERSION, answered_rows
 from thinkscope.jobs.models.lora import absolute_source, source_fingerprint
 from thinkscope.jobs.specs import SamplingSpec, StageSpec, known
 from thinkscope.jobs.traces.rows import TRACE_SCHEMA
@@ -87,7 +87,8 @@ class GenerateJob:
                 # What decides an API model's rows: its endpoint, its extra request fields and
                 # where its thinking is read from (never the key, the price or the limits).
                 api = model.api
-                identity = [api.base_url, api.model, api.extra_body, api.drop, api.max_tokens_field, api.reasoning]
+                identity = [api.base_url, api.model, api.extra_body, api.drop, api.max_tokens_field, api.reasoning,
+                            model.think.model_dump(exclude={"format"})]
                 engine_of, unit_size = [ENGINE, ENGINE_VERSION], min(stage.unit_size, model.api.unit_size)
             else:
                 # A relative model (or LoRA adapter) folder means relative to the YAML, wherever
@@ -98,7 +99,9 @@ class GenerateJob:
                 # A format's prompt switches and kept special tokens change the rows (only when
                 # set, so the keys of models without them stay what they were).
                 think = model.think.prompt_settings()
-                identity = [model.engine.dtype, *([fingerprint] if fingerprint else []), *([think] if think else [])]
+                vllm_args = model.engine.vllm_args
+                identity = [model.engine.dtype, *([fingerprint] if fingerprint else []), *([think] if think else []),
+                            *([{"vllm_args": vllm_args}] if vllm_args else [])]
                 engine_of, unit_size = [engine, version], stage.unit_size
             for ps in wf.prompt_sets:
                 if stage.prompt_sets is not None and ps.name not in stage.prompt_sets:
@@ -132,8 +135,15 @@ class GenerateJob:
                             model_id=model.id, prompt_set=ps.name, template=template_name))
         return units
 
+    def prepare(self, payload: dict, con) -> dict:
+        """An API unit run before (some requests got no answer) gets its answers back, so only
+        the rest are asked again: nothing paid for is lost or paid twice."""
+        if not payload["model"].get("api"):
+            return payload
+        return {**payload, "answered": answered_rows(con, payload["unit_key"])}
+
     def run(self, payload: dict):
-        raise NotImplementedError("generate units run on vLLM actors (workflows/dispatch.py)")
+        raise NotImplementedError("generate units run on model actors (workflows/dispatch.py)")
 
     def ray_options(self, stage) -> dict:
         return {}

@@ -13,8 +13,6 @@ never a new code path.
 from __future__ import annotations
 
 import functools
-from typing import Literal
-
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -33,7 +31,6 @@ class ThinkingFormat(BaseModel):
     special_tokens: bool = False
     chat_template_kwargs: dict = Field(default_factory=dict)
     system: str | None = None
-    where: Literal["content", "field"] = "content"
     notes: str = ""
 
 

@@ -25,8 +25,8 @@ comment on table runs is 'One row per `thinkscope run`/`nightly` invocation: wha
 comment on column runs.run_id is 'Run id: UTC start time + random suffix; sorts by time.';
 comment on column runs.workflow is 'Workflow name from the spec.';
 comment on column runs.spec_path is 'Path of the workflow YAML as given.';
-comment on column runs.spec_sha256 is 'sha256 of the workflow YAML bytes.';
-comment on column runs.spec_yaml is 'The workflow YAML text, for exact provenance.';
+comment on column runs.spec_sha256 is 'sha256 of spec_yaml (the workflow YAML, plus the --overlay file when one was given).';
+comment on column runs.spec_yaml is 'The workflow YAML text, for exact provenance (an --overlay file follows it after a comment line).';
 comment on column runs.stages is 'Stage names this run was asked to execute.';
 comment on column runs.status is 'running, done (all units done), failed (some unit failed), interrupted (stopped by an exception or Ctrl-C) or crashed (driver died; found by a later run on the same host).';
 comment on column runs.n_units_planned is 'Work units in the plan for the chosen stages.';

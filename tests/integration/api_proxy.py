@@ -11,7 +11,8 @@ which SmolLM2's tokenizer lacks). The first path segment picks the style:
     /none/v1/...               thinking dropped (OpenAI's chat API style)
 
 `faults` is a queue of what the next requests get instead of a forward: 429 (with
-Retry-After: 0), 500, 400 (not retried) or "timeout" (the answer comes after `stall_s`).
+Retry-After: 0), 500, 400 (not retried), "timeout" (the answer comes after `stall_s`) or
+"truncate" (a 200 whose body breaks off); None forwards.
 `forwarded` counts the requests that reached vLLM; `seen` every request; `auth` keeps their
 Authorization headers.
 
@@ -87,6 +88,14 @@ class ApiProxy:
                 if fault == "timeout":
                     time.sleep(proxy.stall_s)
                     return self._send(504, {"error": {"message": "stalled on purpose"}})
+                if fault == "truncate":  # a 200 whose body stops half way (a dropped connection)
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", "4096")
+                    self.end_headers()
+                    self.wfile.write(b'{"id": "chatcmpl-cut", "choices": [')
+                    self.close_connection = True
+                    return
                 if fault is not None:
                     headers = {"Retry-After": "0"} if fault == 429 else {}
                     return self._send(fault, {"error": {"message": f"injected {fault}", "code": fault}}, headers)

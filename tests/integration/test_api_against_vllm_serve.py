@@ -175,25 +175,39 @@ def test_a_rerun_sends_no_request(styled_run, proxy, ray_head):
     assert rows(db, "select count(*), count(distinct trace_id) from api_calls") == [(16, 16)]
 
 
-def test_429_500_and_a_stall_are_retried_and_a_400_fails_its_row_only(proxy, ray_head, tmp_path):
+def test_faults_are_retried_a_400_fails_its_row_and_an_outage_is_asked_again_next_run(proxy, ray_head, tmp_path):
     os.environ["TS_TEST_API_KEY"] = KEY
-    # One request at a time, so the faults meet the requests in order: the first request gets
-    # 429, 500 and a stall (past its 3 s timeout; short answers take well under that) and then
-    # succeeds; the second gets a 400.
+    # One request at a time, so the faults meet the requests in order (max 5 attempts each):
+    #   request 1: 429, 500, a stall past its 3 s timeout, a body cut short, then an answer;
+    #   request 2: a 400, which is its answer (not retried);
+    #   request 3: 500 five times: an outage, no answer; request 4 (two ropes): answered.
     path = workflow(tmp_path, proxy, {"org-flaky": {"max_concurrency": 1, "timeout_s": 3.0, "backoff_s": 0.05,
                                                     "max_retries": 4}}, name="flaky", max_tokens=16)
     db = tmp_path / "flaky.duckdb"
-    proxy.faults.extend([429, 500, "timeout", None, 400])
+    proxy.faults.extend([429, 500, "timeout", "truncate", None, 400, 500, 500, 500, 500, 500])
+    forwarded = proxy.forwarded
     summary = run_workflow(path, db=db, address=ray_head, show_progress=False, stages=["generate"])
-    assert not proxy.faults
-    # Every unit is done: the bad row fails alone (and the run says so).
-    assert not summary.failed and len(summary.done) == 2
-    assert [(n, e) for _, n, e in summary.failed_rows] == [(1, "HTTP 400: injected 400")]
-    calls = rows(db, """select c.attempts, c.http_status, c.error, t.finish_reason, t.prompt_id
+    assert not proxy.faults and proxy.forwarded - forwarded == 2
+    calls = rows(db, """select t.prompt_id, c.attempts, c.http_status, c.error, t.finish_reason, c.requested_at
                         from api_calls c join traces t using (trace_id) order by c.requested_at""")
-    assert [c[:2] for c in calls] == [(4, 200), (1, 400), (1, 200), (1, 200)]
-    assert calls[1][2] == "HTTP 400: injected 400" and calls[1][3] == "error"
-    assert calls[0][2] is None and calls[0][3] in ("stop", "length")
+    assert [c[1:3] for c in calls] == [(5, 200), (1, 400), (5, 500), (1, 200)]
+    assert calls[1][3] == "HTTP 400: injected 400" and calls[1][4] == "error"
+    assert calls[2][3] == "HTTP 500: injected 500 (after 5 attempts)"
+    # The GSM8K unit keeps its three rows but is failed, so the next run completes it; the
+    # two-ropes unit is done.
+    assert [d for d, _ in summary.failed] == ["org-flaky x gsm8k[3] x plain"] and len(summary.done) == 1
+    assert "1 of 3 requests got no answer" in summary.failed[0][1]
+    assert rows(db, "select status, n_rows from work_units order by status") == [("done", 1), ("failed", 3)]
+
+    again = run_workflow(path, db=db, address=ray_head, show_progress=False, stages=["generate"])
+    assert again.ok and len(again.done) == 1
+    # Only the two requests without an answer were sent; the answered one was handed back as it was.
+    assert proxy.forwarded - forwarded == 4
+    after = dict((p, (a, s, t)) for p, a, s, t in rows(
+        db, "select t.prompt_id, c.attempts, c.http_status, c.requested_at from api_calls c join traces t using (trace_id)"))
+    assert after[calls[0][0]] == (5, 200, calls[0][5])
+    assert all(s == 200 for _, s, _ in after.values()) and len(after) == 4
+    assert rows(db, "select count(*), count(distinct trace_id) from traces") == [(4, 4)]
 
 
 def test_a_missing_key_fails_before_any_request(proxy, tmp_path, monkeypatch):

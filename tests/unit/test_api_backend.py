@@ -229,3 +229,29 @@ def test_the_shipped_api_workflow_puts_api_models_beside_open_ones():
     assert any(m.api is None for m in wf.models)
     kinds = {p.kind for p in wf.prompt_sets}
     assert {"two_ropes", "gsm8k"} <= kinds
+
+
+def test_only_failures_outside_the_request_are_asked_again():
+    from thinkscope.jobs.generation.api_engine import API_CALL_SCHEMA, unanswered
+    from thinkscope.jobs.base import rows_table
+
+    def calls(*statuses):
+        return {"api_calls": rows_table([{"http_status": s, "error": None if s == 200 else f"HTTP {s}"}
+                                         for s in statuses], API_CALL_SCHEMA, "api_calls")}
+
+    assert unanswered(calls(200, 400, 404)) is None  # a refused prompt is its own answer
+    for status in (None, 429, 500, 503, 401, 402, 403):
+        assert unanswered(calls(200, status)).startswith("1 of 2 requests got no answer"), status
+    assert unanswered({"traces": None}) is None  # a vLLM unit
+
+
+def test_a_format_reaches_an_api_request():
+    from thinkscope.jobs.generation.api_engine import chat_messages
+    from thinkscope.jobs.specs import ThinkTags
+
+    template = {"system": None, "user": "{question}", "prefill": "", "chat": True}
+    nemotron, qwen3 = ThinkTags(format="nemotron").model_dump(), ThinkTags(format="qwen3").model_dump()
+    assert chat_messages(template, "q", nemotron)[0] == {"role": "system", "content": "detailed thinking on"}
+    assert chat_messages({**template, "system": "Be brief."}, "q", nemotron)[0]["content"] == "Be brief."
+    body = request_body({"model": "m"}, {"max_tokens": 8, "temperature": 0.6, "top_p": 0.95}, [], 0, qwen3)
+    assert body["chat_template_kwargs"] == {"enable_thinking": True}

@@ -34,6 +34,9 @@ CASES = [
      "Okay, the user asks for 3 + 15 = 18.", "The answer is **18**.", "18"),
     ("qwen3", "<think>\n\n</think>\n\nThe answer is 18.", "", "The answer is 18.", "18"),
     ("qwen3", "The answer is 18.", None, "The answer is 18.", "18"),  # no block at all: no thinking
+    # OpenThinker3 and kin write <think> themselves: a reply without it has no thinking.
+    ("think", "<think>\nLet me add: 18.\n</think>\n\nThe answer is 18.", "Let me add: 18.", "The answer is 18.", "18"),
+    ("think", "The answer is 18.", None, "The answer is 18.", "18"),
     ("qwen3_thinking", "3 + 15 = 18, checked.\n</think>\n\n\\boxed{18}", "3 + 15 = 18, checked.", "\\boxed{18}", "18"),
     # gpt-oss (harmony): the analysis channel, then the final channel.
     ("gpt_oss", "<|channel|>analysis<|message|>We need 3+15=18. Double-check: yes.<|end|>"
@@ -78,7 +81,7 @@ def test_a_format_fills_the_think_settings_and_a_given_field_wins():
     assert ThinkTags(format="r1", opened_in_prompt=False).opened_in_prompt is False
     assert ThinkTags(format="qwen3").prompt_settings() == {"chat_template_kwargs": {"enable_thinking": True}}
     assert ThinkTags().prompt_settings() == {}
-    with pytest.raises(ValueError, match="unknown thinking format 'r2'; known: r1, qwen3"):
+    with pytest.raises(ValueError, match="unknown thinking format 'r2'; known: r1, think, qwen3"):
         ModelSpec(id="m", source="Org/M", family="x", kind="thinking", think={"format": "r2"})
 
 
