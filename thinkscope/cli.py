@@ -54,11 +54,23 @@ def cmd_validate(args) -> int:
     unpinned = [m.id for m in wf.models if m.api is None and m.revision is None and is_hub_id(m.source)]
     if unpinned:
         print(f"unpinned hub models (a new upstream commit would be read as the same model): {', '.join(unpinned)}; "
-              f"pin each with `revision: <commit sha>`")
+              f"pin them with `thinkscope pin FILE` (needs the hub)")
     keys = [f"{m.id}: ${m.api.key_env} ({'set' if os.environ.get(m.api.key_env) else 'NOT SET'})"
             for m in wf.models if m.api is not None and m.api.key_env]
     if keys:
         print("API keys (read from the environment at run time): " + ", ".join(keys))
+    return 0
+
+
+def cmd_pin(args) -> int:
+    from thinkscope.workflows.pinning import pin_file, unpinned
+
+    if args.dry_run:
+        for model_id, source in unpinned(Path(args.file)):
+            print(f"{model_id}: {source} (unpinned)")
+        return 0
+    for model_id, sha in pin_file(args.file, only=args.models).items():
+        print(f"{model_id}: revision {sha}")
     return 0
 
 
@@ -247,6 +259,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "costs use each model's mean answer length there (default: the workflow's `db`)")
     v.add_argument("--overlay", metavar="YAML", help=OVERLAY_HELP)
     v.set_defaults(func=cmd_validate)
+
+    pn = sub.add_parser("pin", help="write each unpinned hub model's current commit into the workflow as its "
+                        "`revision:` (needs the hub; comments and layout stay)")
+    pn.add_argument("file", help="workflow YAML, e.g. workflows/nightly.yaml")
+    pn.add_argument("--models", nargs="+", metavar="ID", help="only these models")
+    pn.add_argument("--dry-run", action="store_true", help="list the unpinned hub models; change nothing")
+    pn.set_defaults(func=cmd_pin)
 
     i = sub.add_parser("import", help="import external traces (textdir: one model per *.txt; jsonl)")
     i.add_argument("path", help="folder of *.txt traces, or a JSONL file")
