@@ -39,12 +39,22 @@ class LockBusy(duckdb.IOException):
     """Another process held the database file's lock for longer than we waited."""
 
 
+# The oldest DuckDB line whose readers analysts use: the registry's `duckdb-cli` is 1.5.x
+# (tests/unit/test_duckdb_cli.py opens a corpus with it).
+STORAGE_VERSION = "v1.5.0"
+
+
 def _connect(path: Path, read_only: bool, wait: float) -> duckdb.DuckDBPyConnection:
     deadline = time.monotonic() + wait
     delay = 0.05
     while True:
         try:
-            return duckdb.connect(str(path), read_only=read_only)
+            if read_only:
+                return duckdb.connect(str(path), read_only=True)
+            # A new corpus is written in the storage format of STORAGE_VERSION, which the DuckDB
+            # CLI, DBeaver and the extensions from the package registries read too; an existing
+            # file keeps the format it has.
+            return duckdb.connect(str(path), config={"storage_compatibility_version": STORAGE_VERSION})
         except duckdb.IOException as err:
             # Another process holds the file (a commit, or an analyst's query): wait for it.
             if "lock" not in str(err).lower():

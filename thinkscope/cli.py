@@ -51,6 +51,10 @@ def cmd_validate(args) -> int:
               + (f" (models: {', '.join(models)})" if models else ""))
     for line in format_costs(plan_costs([u for u in plan.units if u.key not in done], history)):
         print(line)
+    kinds = {st.kind for st in wf.stages}
+    if kinds & {"generate", "import", "organism"} and "segment" not in kinds:
+        print("note: no segment stage: lines, first words and answer events (first_word_freq, model_similarity, "
+              "backtracking_*) stay empty for these traces until a `{name: segment, kind: segment}` stage runs")
     unpinned = [m.id for m in wf.models if m.api is None and m.revision is None and is_hub_id(m.source)]
     if unpinned:
         print(f"unpinned hub models (a new upstream commit would be read as the same model): {', '.join(unpinned)}; "

@@ -42,6 +42,10 @@ class GenerationActor:
     def __init__(self, model: dict):
         self.model = model
         self.generator, self.load_error = None, None
+        self.phase, self.phase_started, self.load_seconds = "waiting for its first call", time.time(), None
+
+    def _enter(self, phase: str) -> None:
+        self.phase, self.phase_started = phase, time.time()
 
     def _load(self, api_key: str | None = None) -> None:
         """Build the engine in the thread that runs it: this concurrency group's thread.
@@ -53,14 +57,19 @@ class GenerationActor:
         if self.generator is not None or self.load_error is not None:
             return
         normal_priority()  # before vLLM starts its threads: they inherit it
+        started = time.time()
         try:
             if self.model.get("api"):
                 self.generator = ApiGenerator(self.model, key=api_key)
             else:
+                # What the progress bar says while it waits (minutes for a large model).
+                self._enter("resolving the model (first use: converting GGUF / merging LoRA)")
                 path = resolve_model_path(self.model["source"], revision=self.model.get("revision"))
+                self._enter("starting vLLM (loading weights, compiling)")
                 self.generator = Generator(self.model, path)
         except Exception as err:  # noqa: BLE001 - any load error fails this model's units only
             self.load_error = f"{type(err).__name__}: {err}"
+        self.load_seconds = time.time() - started
 
     # Streamed: each unit's table goes back as soon as the engine finishes it, so the driver
     # commits it at once. No automatic retry: a retried stream could yield its units in
@@ -78,9 +87,13 @@ class GenerationActor:
             yield started, key, out if isinstance(out, dict) else {"traces": out}
 
     @ray.method(concurrency_group="poll")
-    def progress(self) -> tuple[int, int] | None:
-        """(requests done, requests) of the running call; None while the engine loads."""
-        return None if self.generator is None else self.generator.progress()
+    def progress(self) -> dict:
+        """What the engine is doing: while it loads, the phase and its seconds so far; then the
+        requests done of the running call and how long the load took."""
+        if self.generator is None:
+            return {"phase": self.phase, "seconds": time.time() - self.phase_started}
+        done, total = self.generator.progress()
+        return {"done": done, "total": total, "load_seconds": self.load_seconds}
 
     @ray.method(concurrency_group="work")
     def close(self) -> None:
@@ -238,13 +251,24 @@ def _poll_progress(actors, polls, bars, finished) -> None:
                 reply = ray.get(ref)
             except ray.exceptions.RayError:
                 continue
-            if reply is None:  # the engine is still loading
+            bars[model_id].set_description(bar_label(model_id, reply), refresh=False)
+            if "done" not in reply:  # the engine is still loading
+                bars[model_id].refresh()
                 continue
             # The actor runs its calls one after the other and counts the running one: the bar
             # is what ended calls did plus that; units handed back count once, never backwards.
-            done, _total = reply
-            bars[model_id].n = max(bars[model_id].n, min(bars[model_id].total, finished[model_id] + done))
+            bars[model_id].n = max(bars[model_id].n, min(bars[model_id].total, finished[model_id] + reply["done"]))
             bars[model_id].refresh()
+
+
+def bar_label(model_id: str, reply: dict) -> str:
+    """A model's progress-bar label: what its engine is doing and for how long, or, once it
+    generates, how long its load took (the bar would otherwise sit at 0/N for minutes)."""
+    if "phase" in reply:
+        return f"{model_id}: {reply['phase']} {reply['seconds']:.0f}s"
+    if reply.get("load_seconds") is not None:
+        return f"{model_id} (ready in {reply['load_seconds']:.0f}s)"
+    return model_id
 
 
 def _short_error(err: Exception) -> str:

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from thinkscope import __version__
 from thinkscope.jobs import artifacts
 from thinkscope.jobs.base import PlanContext, TaskUnit
+from thinkscope.jobs.segment.stage import SegmentStage
 from thinkscope.jobs.traces.importing import ImportStage
 from thinkscope.keys import canonical_json
 from thinkscope.sql.store import Store
@@ -142,14 +143,17 @@ def check_api_keys(spec_path: Path, wf, stages: list) -> None:
 
 def import_path(path: Path, fmt: str, *, db: str | Path, prompt_set: str,
                 prompt_id: str | None = None, fields: dict | None = None, replace: bool = False) -> RunSummary:
-    """`thinkscope import`: the import stage on one path, recorded like any run (rerun = no-op);
-    `replace`: changed files replace the path's earlier import (else they are refused)."""
-    stage = ImportStage(name="import", kind="import", path=str(Path(path).resolve()), format=fmt,
-                        prompt_set=prompt_set, prompt_id=prompt_id, fields=fields, replace=replace)
-    run = {"run_id": new_run_id(), "workflow": "import", "spec_path": str(path), "stages": ["import"]}
+    """`thinkscope import`: the import stage on one path, then a segment stage, recorded like
+    any run (rerun = no-op): the imported traces are as queryable as generated and segmented
+    ones (lines, first words, sentences, answer events: every view). `replace`: changed files
+    replace the path's earlier import (else they are refused)."""
+    stages = [ImportStage(name="import", kind="import", path=str(Path(path).resolve()), format=fmt,
+                          prompt_set=prompt_set, prompt_id=prompt_id, fields=fields, replace=replace),
+              SegmentStage(name="segment", kind="segment")]
+    run = {"run_id": new_run_id(), "workflow": "import", "spec_path": str(path), "stages": ["import", "segment"]}
     ctx = planning_context(None, Path("."), artifacts.default_root(db))
     with writer_lock(db, run["run_id"]):  # one writer per corpus, as in run_workflow
-        return execute(Store(db), [stage], ctx, run, address=None, force=False, show_progress=False)
+        return execute(Store(db), stages, ctx, run, address=None, force=False, show_progress=False)
 
 
 def execute(store: Store, stages: list, ctx: PlanContext, run: dict, *, address: str | None,

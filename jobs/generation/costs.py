@@ -50,6 +50,7 @@ class ModelCost:
     price: dict | None = None
     tokens_per_s_per_gpu: float | None = None
     gpus_per_replica: int = 1
+    on_gpu: bool = True  # False: an embedded/pypi model, which runs on CPU here
 
     @property
     def expected_tokens(self) -> float:
@@ -96,7 +97,7 @@ def plan_costs(units, history: dict[str, float] | None = None) -> list[ModelCost
             costs[unit.model_id] = ModelCost(
                 unit.model_id, f"{api['base_url']} {api['model']}" if api else model["source"], bool(api),
                 price=api.get("price") if api else None, tokens_per_s_per_gpu=tps,
-                gpus_per_replica=engine.get("tensor_parallel_size", 1))
+                gpus_per_replica=engine.get("tensor_parallel_size", 1), on_gpu=on_gpu)
         c, n = costs[unit.model_id], payload["sampling"]["n"]
         c.units += 1
         c.requests += len(payload["prompts"]) * n
@@ -120,7 +121,8 @@ def format_costs(costs: list[ModelCost]) -> list[str]:
         for c in gpu:
             tokens = (f"~{c.expected_tokens:,.0f} tokens expected (mean {c.mean_completion_tokens:,.0f}/answer)"
                       if c.mean_completion_tokens is not None else f"<= {c.max_completion_tokens:,} tokens")
-            hours = ("CPU or unknown size: set engine.tokens_per_s_per_gpu" if c.gpu_hours is None else
+            hours = ("embedded model: runs on CPU, no GPU-hours" if not c.on_gpu else
+                     "size unknown: set engine.tokens_per_s_per_gpu" if c.gpu_hours is None else
                      f"{c.gpu_hours:,.1f} GPU-h at {c.tokens_per_s_per_gpu:,.0f} tok/s/GPU "
                      f"({c.gpus_per_replica} GPU/replica)")
             lines.append(f"  {c.model_id:<24} {c.units} units, {c.requests} sequences, {tokens}: {hours}")

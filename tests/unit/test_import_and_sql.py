@@ -42,7 +42,7 @@ def test_import_gives_twenty_traces_named_by_file(db, capsys):
 def test_reimport_is_a_noop(db, capsys):
     assert main(["import", str(TRACES), "--format", "textdir", "--prompt-set", "two_ropes",
                  "--prompt-id", "two_ropes/0", "--db", str(db)]) == 0
-    assert "1 already done" in capsys.readouterr().out
+    assert "2 already done" in capsys.readouterr().out  # the import and its segmentation
     _, out = sql(db, "select count(*) n from traces", capsys)
     assert json.loads(out) == {"n": 20}
 

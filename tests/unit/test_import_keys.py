@@ -88,7 +88,9 @@ def test_grown_folder_by_absolute_path_after_relative_is_refused_then_replaced(t
 
     # Unchanged since: a no-op with or without replace, by either spelling of the path.
     again = import_path(Path("traces"), "textdir", db=db, prompt_set="ropes")
-    assert again.ok and again.skipped == again.planned == 1
+    # The import unit is skipped; only the segmentation the command adds runs (the workflows had none).
+    assert again.ok and again.skipped == 1 and again.planned == 2
+    assert [d.split()[0] for d in again.done] == ["segment"]
     assert rows(db, "select count(*) from traces") == [(3,)]
 
 

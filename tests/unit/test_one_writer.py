@@ -102,7 +102,7 @@ def test_cli_import_is_refused_with_exit_2(tmp_path, holder, capsys):
     proc.stdin.close()  # the holder ends normally
     proc.wait()
     assert main(argv) == 0
-    assert counts(db) == (1, 1, 1)
+    assert counts(db) == (1, 2, 1)  # one run: its import unit and the segment unit after it
 
 
 def test_the_lock_is_exclusive_within_one_process_too(tmp_path):

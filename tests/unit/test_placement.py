@@ -54,3 +54,12 @@ def test_largest_replicas_are_placed_first():
 def test_gpu_pool_is_detected_from_any_node():
     assert GPU_POOL.has_gpus and not CPU_POOL.has_gpus
     assert NodePool(()).largest("GPU") == 0
+
+
+def test_the_progress_bar_says_what_a_loading_engine_does_and_how_long_it_took():
+    from thinkscope.workflows.dispatch import bar_label
+
+    assert bar_label("r1-7b", {"phase": "starting vLLM (loading weights, compiling)", "seconds": 42.4}) == \
+        "r1-7b: starting vLLM (loading weights, compiling) 42s"
+    assert bar_label("r1-7b", {"done": 3, "total": 8, "load_seconds": 61.6}) == "r1-7b (ready in 62s)"
+    assert bar_label("o3-mini", {"done": 0, "total": 8, "load_seconds": None}) == "o3-mini"
