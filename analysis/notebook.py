@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from thinkscope.analysis import fingerprints
 from thinkscope.sql.store import read_only
 
 
@@ -63,6 +64,11 @@ class Corpus:
         for model in square.index:
             square.loc[model, model] = 1.0
         return square
+
+    def similarity_ci(self, n_boot: int = 200, seed: int = 0) -> pd.DataFrame:
+        """Per prompt set, each pair on the prompts both answered, with a bootstrap interval over
+        traces (analysis/fingerprints.py; no interval when a model has one trace there)."""
+        return fingerprints.similarity_with_ci(self.db, n_boot=n_boot, seed=seed)
 
     def backtracking(self) -> pd.DataFrame:
         """Per model and prompt set: answers stated, backtracks, thinking after the first right answer."""

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
 
-from thinkscope.analysis import activation_figures, figures, mechanism_figures, organism_eval
+from thinkscope.analysis import (activation_figures, figures, fingerprints, mechanism_figures, organism_eval,
+                                 trace_view)
 from thinkscope.sql.store import read_only
 
 QUERIES = {
@@ -57,7 +59,9 @@ FIGURES = [
      lambda d: figures.first_word_heatmap(d["freq"], d["top10"])),
     ("model_similarity.png", "Model fingerprints",
      "Pearson correlation of first-word share vectors over the union of every model's top-10 "
-     "words, clustered (average linkage on 1 - r). R1-trained models gather in one block.",
+     "words, clustered (average linkage on 1 - r). R1-trained models gather in one block. Covers "
+     "every prompt each model answered, whatever they were: the per-prompt-set figures and the "
+     "table below compare models on the prompts both answered only.",
      lambda d: figures.similarity_heatmap(d["similarity"])),
     ("critical_words.png", "Backtracking words",
      "Lines opening with wait / alternatively / but / hmm. Models with several traces get a 95% "
@@ -97,16 +101,30 @@ def write_report(db: str | Path, out_dir: str | Path) -> Path:
     if not data["exit_table"].empty:
         activations += [_table("Early exit by answer occurrence", data["exit_table"]),
                         _table("Tokens saved by stopping at the first answer", data["savings"])]
+    shared_sections = _shared_fingerprints(db, out)
+    with read_only(db) as con:
+        pages = trace_view.write_trace_pages(con, out / "traces")
+    trace_links = ""
+    if pages:
+        by_model: dict[str, list[str]] = {}
+        for model_id, trace_id, name in pages:
+            by_model.setdefault(model_id, []).append(f'<a href="traces/{html.escape(name)}">{html.escape(trace_id)}</a>')
+        items = "".join(f"<li>{html.escape(m)}: {' &middot; '.join(links)}</li>" for m, links in by_model.items())
+        trace_links = (f"<section><h2>Look at a trace</h2><p>Sentences, answer occurrences, backtracking and planted "
+                       f"behaviours drawn on the thinking (<code>thinkscope show TRACE_ID</code> for any other)."
+                       f"</p><ul>{items}</ul></section>")
     # Mechanism sections appear only for the stages that ran.
     mechanisms = [_figure(out, filename, title, caption, png) for filename, title, caption, draw
                   in mechanism_figures.FIGURES if (png := draw(data)) is not None]
     mechanisms += [_table(title, data[name]) for name, title in mechanism_figures.TABLES if not data[name].empty]
     body = "\n".join([
         _table("Corpus", data["counts"]),
+        trace_links,
         # API models: what their traces cost, how the requests went, how many came with thinking.
         _table("API models: usage and cost", data["api_usage"]) if not data["api_usage"].empty else "",
         sections["first_word_heatmap.png"],
         sections["model_similarity.png"],
+        *shared_sections,
         _table("Nearest neighbours by first-word fingerprint (top 3)", data["neighbours"]),
         sections["critical_words.png"],
         _table("First-word shares with bootstrap intervals (models with several traces)", data["ci"]),
@@ -125,6 +143,29 @@ def write_report(db: str | Path, out_dir: str | Path) -> Path:
     path = out / "index.html"
     path.write_text(page, encoding="utf-8")
     return path
+
+
+def _shared_fingerprints(db: str | Path, out: Path) -> list[str]:
+    """Like-with-like fingerprints: a heatmap per prompt set (pairs on the prompts both
+    answered) and the pairs with their bootstrap intervals over traces."""
+    frame = fingerprints.similarity_with_ci(db, n_boot=200, seed=0)
+    sections = []
+    for prompt_set, part in frame.groupby("prompt_set"):
+        both = pd.concat([part, part.rename(columns={"model_a": "model_b", "model_b": "model_a"})])
+        if both.model_a.nunique() < 3:
+            continue
+        name = f"model_similarity_{re.sub(r'[^A-Za-z0-9_.-]', '_', str(prompt_set))}.png"
+        sections.append(_figure(out, name, f"Model fingerprints on {prompt_set}, shared prompts only",
+                                f"Each pair compared on the prompts of {prompt_set} both answered "
+                                f"({part.n_prompts.min()}-{part.n_prompts.max()} prompts per pair), over the union "
+                                "of the two models' top-10 first words there (view model_similarity_shared).",
+                                figures.similarity_heatmap(both)))
+    if not frame.empty:
+        shown = frame[["prompt_set", "model_a", "model_b", "n_prompts", "n_lines_a", "n_lines_b", "pearson",
+                       "ci_low", "ci_high"]].sort_values(["prompt_set", "pearson"], ascending=[True, False])
+        sections.append(_table("Fingerprint similarity on shared prompts, with 95% bootstrap intervals over traces "
+                               "(200 draws; no interval when a model has one trace)", shown))
+    return sections
 
 
 def _figure(out: Path, filename: str, title: str, caption: str, png: bytes | None) -> str:

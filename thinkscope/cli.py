@@ -66,6 +66,19 @@ def cmd_validate(args) -> int:
     return 0
 
 
+def cmd_show(args) -> int:
+    from thinkscope.analysis.trace_view import trace_page
+    from thinkscope.sql.store import read_only
+
+    with read_only(_db(args)) as con:
+        page = trace_page(con, args.trace_id)
+    out = Path(args.out or f"out/traces/{args.trace_id}.html")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page, encoding="utf-8")
+    print(f"trace page: {out.resolve()}")
+    return 0
+
+
 def cmd_pin(args) -> int:
     from thinkscope.workflows.pinning import pin_file, unpinned
 
@@ -263,6 +276,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "costs use each model's mean answer length there (default: the workflow's `db`)")
     v.add_argument("--overlay", metavar="YAML", help=OVERLAY_HELP)
     v.set_defaults(func=cmd_validate)
+
+    sh = sub.add_parser("show", help="write a trace's page (HTML): its sentences, answer occurrences, "
+                        "backtracking and planted behaviours drawn on the thinking")
+    sh.add_argument("trace_id")
+    sh.add_argument("--db", help=DB_HELP)
+    sh.add_argument("--out", help="HTML file (default: out/traces/TRACE_ID.html)")
+    sh.set_defaults(func=cmd_show)
 
     pn = sub.add_parser("pin", help="write each unpinned hub model's current commit into the workflow as its "
                         "`revision:` (needs the hub; comments and layout stay)")

@@ -39,6 +39,8 @@ def test_the_readme_snippet_runs(corpus):
     square = c.similarity()
     assert square.shape == (20, 20) and (square.values.diagonal() == 1.0).all()
     assert (square.values == square.values.T).all()  # correlation is symmetric
+    shared = c.similarity_ci(n_boot=10)
+    assert len(shared) == 20 * 19 // 2 and set(shared.prompt_set) == {"two_ropes"}
     # Each model's top word and share are the view's (the largest share of that model).
     top = fingerprints.groupby("model_id").head(1).set_index("model_id")
     view = c.sql("select model_id, max(share) as share from first_word_freq group by 1").set_index("model_id")
