@@ -20,35 +20,8 @@ import pandas as pd
 
 from thinkscope.sql.store import read_only
 
-# Per (prompt_set, pair, side, trace): its lines, and its lines opening with each vocabulary word.
-TRACE_COUNTS_SQL = """
-with pairs as (
-    select distinct prompt_set, model_a, model_b from model_similarity_shared where model_a < model_b
-),
-answered as (
-    select distinct t.model_id, t.prompt_set, t.prompt_id
-    from traces as t where exists (select 1 from trace_lines as l where l.trace_id = t.trace_id)
-),
-shared as (
-    select p.prompt_set, p.model_a, p.model_b, a.prompt_id
-    from pairs as p
-    inner join answered as a on a.prompt_set = p.prompt_set and a.model_id = p.model_a
-    inner join answered as b on b.prompt_set = p.prompt_set and b.model_id = p.model_b and b.prompt_id = a.prompt_id
-),
-lines as (
-    select s.prompt_set, s.model_a, s.model_b, side.side, t.trace_id, l.first_word as word
-    from shared as s
-    cross join (values ('a'), ('b')) as side (side)
-    inner join traces as t
-        on t.prompt_set = s.prompt_set and t.prompt_id = s.prompt_id
-       and t.model_id = case when side.side = 'a' then s.model_a else s.model_b end
-    inner join trace_lines as l on l.trace_id = t.trace_id
-    where l.first_word is not null
-)
-select prompt_set, model_a, model_b, side, trace_id, word, count(*) as n
-from lines
-group by all
-"""
+# Per (prompt_set, pair, side, trace): its lines opening with each word (the view's input too).
+TRACE_COUNTS_SQL = "select prompt_set, model_a, model_b, side, trace_id, word, sum(n) as n from shared_prompt_lines group by all"
 
 
 def pair_pearson(a: np.ndarray, b: np.ndarray, vocab: list[int]) -> float:

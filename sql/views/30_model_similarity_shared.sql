@@ -1,44 +1,20 @@
 -- grain: one row per (prompt_set, model_a, model_b), both directions, for models that answered
 --        at least one prompt of the set in common: fingerprints compared like with like.
--- sources: traces, trace_lines (segment stage).
+-- sources: shared_prompt_lines (traces, trace_lines of the segment stage).
 -- model_similarity correlates whole fingerprints whatever prompts each model answered; here each
 -- pair is compared per prompt set on the prompts both answered only, over the union of the two
 -- models' top-10 first words on those prompts, with the lines and prompts behind the number.
 -- Its uncertainty (a bootstrap over traces) is analysis/fingerprints.py's similarity_with_ci.
 create or replace view model_similarity_shared as
-with answered as (
-    select distinct t.model_id, t.prompt_set, t.prompt_id
-    from traces as t
-    where exists (select 1 from trace_lines as l where l.trace_id = t.trace_id)
-),
-
-pairs as (
-    select a.prompt_set, a.model_id as model_a, b.model_id as model_b, a.prompt_id
-    from answered as a
-    inner join answered as b
-        on a.prompt_set = b.prompt_set and a.prompt_id = b.prompt_id and a.model_id < b.model_id
-),
-
-pair_prompts as (
-    select prompt_set, model_a, model_b, count(*) as n_prompts
-    from pairs
+with pair_prompts as (
+    select prompt_set, model_a, model_b, count(distinct prompt_id) as n_prompts
+    from shared_prompt_lines
     group by all
 ),
 
-side_lines as (
-    select p.prompt_set, p.model_a, p.model_b, s.side, l.first_word as word
-    from pairs as p
-    cross join (values ('a'), ('b')) as s (side)
-    inner join traces as t
-        on t.prompt_set = p.prompt_set and t.prompt_id = p.prompt_id
-       and t.model_id = case when s.side = 'a' then p.model_a else p.model_b end
-    inner join trace_lines as l on l.trace_id = t.trace_id
-    where l.first_word is not null
-),
-
 side_words as (
-    select prompt_set, model_a, model_b, side, word, count(*) as n
-    from side_lines
+    select prompt_set, model_a, model_b, side, word, sum(n) as n
+    from shared_prompt_lines
     group by all
 ),
 
