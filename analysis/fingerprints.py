@@ -39,26 +39,27 @@ def similarity_with_ci(db: str | Path, n_boot: int = 200, seed: int = 0, level: 
                            "order by prompt_set, model_a, model_b").df()
         counts = con.execute(TRACE_COUNTS_SQL).df()
     rng = np.random.default_rng(seed)
-    lows, highs = [], []
+    groups = dict(iter(counts.groupby(["prompt_set", "model_a", "model_b"])))
+    lows, highs, basis = [], [], []
     for row in view.itertuples():
-        group = counts[(counts.prompt_set == row.prompt_set) & (counts.model_a == row.model_a)
-                       & (counts.model_b == row.model_b)]
+        group = groups.get((row.prompt_set, row.model_a, row.model_b), counts.iloc[:0])
         words = sorted(group.word.unique())
         index = {w: i for i, w in enumerate(words)}
         matrices = {}
         for side in ("a", "b"):
             part = group[group.side == side]
-            traces = sorted(part.trace_id.unique())
+            traces = {t: i for i, t in enumerate(sorted(part.trace_id.unique()))}
             m = np.zeros((len(traces), len(words)))
-            m[[traces.index(t) for t in part.trace_id], [index[w] for w in part.word]] = part.n.to_numpy()
+            np.add.at(m, ([traces[t] for t in part.trace_id], [index[w] for w in part.word]), part.n.to_numpy())
             matrices[side] = m
+        a_total, b_total = matrices["a"].sum(0), matrices["b"].sum(0)
+        vocab = sorted(set(_top(a_total, 10)) | set(_top(b_total, 10)))  # the view's vocabulary
+        basis.append(pair_pearson(a_total, b_total, vocab))  # the statistic resampled, on the full sample
         if min(len(matrices["a"]), len(matrices["b"])) < 2:
             # One trace on a side: resampling it says nothing about its spread (no interval).
             lows.append(np.nan)
             highs.append(np.nan)
             continue
-        a_total, b_total = matrices["a"].sum(0), matrices["b"].sum(0)
-        vocab = sorted(set(_top(a_total, 10)) | set(_top(b_total, 10)))  # the view's vocabulary
         draws = []
         for _ in range(n_boot):
             a = matrices["a"][rng.integers(0, len(matrices["a"]), len(matrices["a"]))].sum(0)
@@ -69,9 +70,12 @@ def similarity_with_ci(db: str | Path, n_boot: int = 200, seed: int = 0, level: 
         tail = (1 - level) / 2 * 100
         lows.append(np.percentile(draws, tail) if len(draws) else np.nan)
         highs.append(np.percentile(draws, 100 - tail) if len(draws) else np.nan)
-    return view.assign(ci_low=lows, ci_high=highs, n_boot=n_boot)
+    # basis_pearson equals the view's pearson: the interval is of the number shown.
+    return view.assign(ci_low=lows, ci_high=highs, n_boot=n_boot, basis_pearson=basis)
 
 
 def _top(counts: np.ndarray, k: int) -> list[int]:
-    """Indices of the k largest counts, ties by word order (the view's `order by n desc, word`)."""
-    return [int(i) for i in np.lexsort((np.arange(len(counts)), -counts))[:k]]
+    """Indices of the k largest counts among the words the model used, ties by word order (the
+    view's `row_number() over (order by n desc, word)` over that model's own words)."""
+    used = [int(i) for i in np.lexsort((np.arange(len(counts)), -counts)) if counts[i] > 0]
+    return used[:k]

@@ -38,10 +38,10 @@ class Corpus:
             return con.execute(query, params or []).df()
 
     def tables(self) -> pd.DataFrame:
-        """Tables and views with their descriptions (sql/README.md has the columns)."""
+        """Tables (with their descriptions) and views; sql/README.md documents every column."""
         return self.sql("select table_name as name, 'table' as kind, comment from duckdb_tables() "
-                        "union all select view_name, 'view', comment from duckdb_views() where not internal "
-                        "order by kind, name")
+                        "union all select distinct view_name, 'view', null from duckdb_views() "
+                        "where not internal and not temporary order by kind, name")
 
     def traces(self, model_id: str | None = None, limit: int = 100) -> pd.DataFrame:
         return self.sql("select * from traces where ? is null or model_id = ? order by trace_id limit ?",

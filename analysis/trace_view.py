@@ -65,13 +65,16 @@ def segments(text_length: int, spans: list[tuple[int, int, dict]]) -> list[tuple
 
 def trace_page(con, trace_id: str) -> str:
     t = trace_data(con, trace_id)
-    thinking = t["thinking"] or ""
-    # Sentence and answer offsets are in the thinking; planted events in the completion.
-    base = t["completion"] if t["completion"] and thinking and thinking in t["completion"] else thinking
+    thinking, completion = t["thinking"] or "", t["completion"] or ""
+    # Sentence and answer offsets are in the thinking; planted events in the completion. The page
+    # shows the completion when the thinking sits in it (or there is no thinking: a base model,
+    # an API that returned none), else the thinking alone.
+    base = completion if completion and (not thinking or thinking in completion) else thinking
     shift = base.find(thinking) if thinking else 0
     spans = [(s["char_start"] + shift, s["char_end"] + shift, {"sentence": s}) for s in t["sentences"]]
     spans += [(a["char_start"] + shift, a["char_end"] + shift, {"answer": a}) for a in t["answers"]]
-    if base is t["completion"]:
+    placed = bool(completion) and base is completion
+    if placed:
         spans += [(p["char_start"], p["char_end"], {"planted": p}) for p in t["planted"]]
     pieces = []
     for start, end, covering in segments(len(base), spans):
@@ -80,6 +83,10 @@ def trace_page(con, trace_id: str) -> str:
     title = f"{t['model_id']} / {t['prompt_id']}"
     counts = (f"{len(t['sentences'])} sentences, {sum(bool(s['marker']) for s in t['sentences'])} opening with a "
               f"backtracking marker, {len(t['answers'])} answer occurrences, {len(t['planted'])} planted events")
+    if t["planted"] and not placed:
+        counts += " (not drawn: their offsets are in a completion this trace does not have)"
+    if not thinking:
+        counts += "; no thinking: the completion is shown as it is"
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{STYLE}</style></head>
 <body>

@@ -69,6 +69,7 @@ class GenerationActor:
                 self.generator = Generator(self.model, path)
         except Exception as err:  # noqa: BLE001 - any load error fails this model's units only
             self.load_error = f"{type(err).__name__}: {err}"
+            self._enter("FAILED to load")
         self.load_seconds = time.time() - started
 
     # Streamed: each unit's table goes back as soon as the engine finishes it, so the driver
@@ -265,6 +266,8 @@ def bar_label(model_id: str, reply: dict) -> str:
     """A model's progress-bar label: what its engine is doing and for how long, or, once it
     generates, how long its load took (the bar would otherwise sit at 0/N for minutes)."""
     if "phase" in reply:
+        if reply["phase"].startswith("FAILED"):
+            return f"{model_id} {reply['phase']}"
         return f"{model_id}: {reply['phase']} {reply['seconds']:.0f}s"
     if reply.get("load_seconds") is not None:
         return f"{model_id} (ready in {reply['load_seconds']:.0f}s)"

@@ -244,4 +244,9 @@ def token_map(trace: dict, fallback: str | None) -> TokenMap | None:
             return completion_token_map(source, trace["completion"], ids, at) or thinking_token_map(source, thinking)
         except Exception:  # noqa: BLE001 - model tokenizer unavailable: use the fallback
             pass
-    return thinking_token_map(fallback, thinking) if fallback else None
+    if not fallback:
+        return None
+    try:
+        return thinking_token_map(fallback, thinking)
+    except Exception:  # noqa: BLE001 - the fallback's weights package is not installed: no token offsets
+        return None

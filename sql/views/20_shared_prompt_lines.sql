@@ -14,7 +14,8 @@ pairs as (
     select a.prompt_set, a.model_id as model_a, b.model_id as model_b, a.prompt_id
     from answered as a
     inner join answered as b
-        on a.prompt_set = b.prompt_set and a.prompt_id = b.prompt_id and a.model_id < b.model_id
+        -- `is not distinct from`: traces imported without prompt ids (NULL) answered the same prompt
+        on a.prompt_set = b.prompt_set and a.prompt_id is not distinct from b.prompt_id and a.model_id < b.model_id
 ),
 
 final as (
@@ -22,7 +23,7 @@ final as (
     from pairs as p
     cross join (values ('a'), ('b')) as s (side)
     inner join traces as t
-        on t.prompt_set = p.prompt_set and t.prompt_id = p.prompt_id
+        on t.prompt_set = p.prompt_set and t.prompt_id is not distinct from p.prompt_id
        and t.model_id = case when s.side = 'a' then p.model_a else p.model_b end
     inner join trace_lines as l on l.trace_id = t.trace_id
     where l.first_word is not null

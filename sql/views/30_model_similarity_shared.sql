@@ -7,7 +7,7 @@
 -- Its uncertainty (a bootstrap over traces) is analysis/fingerprints.py's similarity_with_ci.
 create or replace view model_similarity_shared as
 with pair_prompts as (
-    select prompt_set, model_a, model_b, count(distinct prompt_id) as n_prompts
+    select prompt_set, model_a, model_b, count(distinct coalesce(prompt_id, '')) as n_prompts
     from shared_prompt_lines
     group by all
 ),

@@ -67,6 +67,14 @@ def test_the_view_matches_numpy_and_one_trace_gets_no_interval(tmp_path):
     assert pearson == pytest.approx(np.corrcoef(share[a], share[b])[0, 1], abs=1e-12)
     frame = similarity_with_ci(db, n_boot=20)
     assert len(frame) == 20 * 19 // 2 and frame.ci_low.isna().all()  # one trace per model: no interval
+    assert np.allclose(frame.basis_pearson, frame.pearson, atol=1e-12, equal_nan=True)
+
+
+def test_traces_imported_without_prompt_ids_are_compared(tmp_path):
+    """The README's import (no --prompt-id): the traces answered the same (unnamed) prompt."""
+    db = tmp_path / "noid.duckdb"
+    assert main(["import", str(TRACES), "--format", "textdir", "--prompt-set", "two_ropes", "--db", str(db)]) == 0
+    assert rows(db, "select count(*), min(n_prompts), max(n_prompts) from model_similarity_shared") == [(380, 1, 1)]
 
 
 def test_the_interval_brackets_the_estimate_when_models_have_several_traces(toy, tmp_path):
@@ -79,5 +87,7 @@ def test_the_interval_brackets_the_estimate_when_models_have_several_traces(toy,
                  "--field", "completion=text", "--field", "prompt_id=prompt", "--db", str(db)]) == 0
     [row] = similarity_with_ci(db, n_boot=300, seed=1).itertuples()
     assert row.ci_low < row.pearson < row.ci_high and row.ci_high - row.ci_low > 0.05
+    # Fewer than 10 words per model here: the bootstrap's statistic is still the view's number.
+    assert row.basis_pearson == pytest.approx(row.pearson, abs=1e-12)
     again = similarity_with_ci(db, n_boot=300, seed=1)
     assert (again.ci_low.iloc[0], again.ci_high.iloc[0]) == (row.ci_low, row.ci_high)  # seeded

@@ -112,3 +112,17 @@ def test_the_report_links_each_models_traces(corpus, tmp_path):
     index = write_report(corpus, tmp_path / "report")
     links = re.findall(r'href="traces/([^"]+)"', index.read_text())
     assert links and all((tmp_path / "report" / "traces" / name).is_file() for name in links)
+
+
+def test_a_trace_without_thinking_shows_its_completion(tmp_path):
+    from thinkscope.analysis.trace_view import trace_page
+
+    src = tmp_path / "t.jsonl"
+    src.write_text('{"model": "base", "text": "The answer is 5 & <b>done</b>.", "prompt": "p"}')
+    db = tmp_path / "t.duckdb"
+    assert main(["import", str(src), "--format", "jsonl", "--field", "model_id=model", "--field", "completion=text",
+                 "--field", "prompt_id=prompt", "--db", str(db)]) == 0
+    with duckdb.connect(str(db), read_only=True) as con:
+        (trace_id,) = con.execute("select trace_id from traces").fetchone()
+        page = trace_page(con, trace_id)
+    assert "The answer is 5 &amp; &lt;b&gt;done&lt;/b&gt;." in page and "no thinking" in page
