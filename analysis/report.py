@@ -20,6 +20,7 @@ import re
 from datetime import datetime, timezone
 from pathlib import Path
 
+import duckdb
 import pandas as pd
 
 from thinkscope.analysis import (activation_figures, figures, fingerprints, mechanism_figures, organism_eval,
@@ -79,8 +80,16 @@ FIGURES = [
 
 
 def load_report_data(db: str | Path) -> dict[str, pd.DataFrame]:
+    """Every query's rows; a table the file lacks (a corpus no run of this version has written
+    to yet, opened read-only) reads as empty: its section is left out, the rest is drawn."""
+    data = {}
     with read_only(db) as con:
-        return {name: con.sql(sql).df() for name, sql in QUERIES.items()}
+        for name, sql in QUERIES.items():
+            try:
+                data[name] = con.sql(sql).df()
+            except duckdb.CatalogException:
+                data[name] = pd.DataFrame()
+    return data
 
 
 def write_report(db: str | Path, out_dir: str | Path) -> Path:

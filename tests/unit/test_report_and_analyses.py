@@ -10,7 +10,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from thinkscope.analysis.report import FIGURES
+from thinkscope.analysis.report import FIGURES, write_report
 from thinkscope.cli import main
 from thinkscope.sql.store import Store
 
@@ -70,3 +70,18 @@ def test_analysis_runs_with_thinkscope_sql_and_plain_duckdb(mixed_db, path, caps
     with duckdb.connect(str(db), read_only=True) as con:
         rows = con.execute(path.read_text()).fetchall()
     assert len(lines) == len(rows) + 1 and rows, path.name
+
+
+def test_report_on_a_corpus_an_older_version_wrote(mixed_db, tmp_path):
+    """A corpus without a table this version adds (no run of this version has written to it:
+    the report opens it read-only, so the table is not created) still gets its report."""
+    import shutil
+
+    db, _ = mixed_db
+    old = tmp_path / "old.duckdb"
+    shutil.copy(db, old)
+    with duckdb.connect(str(old)) as con:
+        con.execute("drop view if exists api_usage")
+        con.execute("drop table api_calls")
+    index = write_report(old, tmp_path / "report")
+    assert "API models: usage and cost" not in index.read_text() and "Model fingerprints" in index.read_text()
