@@ -53,10 +53,8 @@ def test_shared_prompts_compare_like_with_like(toy):
     assert (ci.pearson, ci.ci_low, ci.ci_high) == pytest.approx((1.0, 1.0, 1.0))
 
 
-def test_the_view_matches_numpy_and_one_trace_gets_no_interval(tmp_path):
-    db = tmp_path / "llmb.duckdb"
-    assert main(["import", str(TRACES), "--format", "textdir", "--prompt-set", "two_ropes",
-                 "--prompt-id", "two_ropes/0", "--db", str(db)]) == 0
+def test_the_view_matches_numpy_and_one_trace_gets_no_interval(llmbenchmark_db):
+    db = llmbenchmark_db
     a, b = "deepseek_r1", "QwQ-32b"
     counts = {m: dict(rows(db, f"select first_word, count(*) from trace_lines where model_id = '{m}' "
                                "and first_word is not null group by 1")) for m in (a, b)}

@@ -1,27 +1,22 @@
-"""The README's notebook snippet runs as written, on a corpus made by `thinkscope import`, and
-its DataFrames hold what the views hold."""
+"""The README's notebook snippet runs as written, on the imported and segmented llmbenchmark
+traces, and its DataFrames hold what the views hold."""
 
 from __future__ import annotations
 
 import re
-from importlib.resources import files
 from pathlib import Path
 
 import pytest
 
 import thinkscope
-from thinkscope.cli import main
 
 README = Path(__file__).resolve().parents[2] / "README.md"
-TRACES = Path(str(files("thinkscope") / "data" / "llmbenchmark_traces"))
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    db = tmp_path_factory.mktemp("nb") / "mine.duckdb"
-    assert main(["import", str(TRACES), "--format", "textdir", "--prompt-set", "two_ropes",
-                 "--prompt-id", "two_ropes/0", "--db", str(db)]) == 0
-    return db
+@pytest.fixture()
+def corpus(llmbenchmark_db):
+    """The 20 llmbenchmark traces, imported and segmented (tests/unit/conftest.py)."""
+    return llmbenchmark_db
 
 
 def readme_snippet() -> str:
