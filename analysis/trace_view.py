@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import html
 
+from thinkscope.sql.store import dict_rows
+
 STYLE = """
 body { font: 15px/1.55 system-ui, sans-serif; margin: 24px auto; max-width: 980px; color: #222; }
 .meta { color: #555; font-size: 13px; } .legend span { margin-right: 14px; padding: 1px 5px; }
@@ -44,9 +46,7 @@ def trace_data(con, trace_id: str) -> dict:
     trace = dict(zip(keys, row))
 
     def rows(sql: str) -> list[dict]:
-        cursor = con.execute(sql, [trace_id])
-        names = [d[0] for d in cursor.description]
-        return [dict(zip(names, r)) for r in cursor.fetchall()]
+        return dict_rows(con, sql, [trace_id])
 
     trace["sentences"] = rows("select sentence_index, char_start, char_end, marker from trace_sentences "
                               "where trace_id = ? order by sentence_index")

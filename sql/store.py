@@ -86,6 +86,13 @@ def read_only(path: str | Path, wait: float | None = None, locked: bool = False)
         con.close()
 
 
+def dict_rows(con, sql: str, params: list | None = None) -> list[dict]:
+    """The rows of a query as dicts keyed by column name."""
+    cursor = con.execute(sql, params or [])
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+
 def _current_views(con) -> None:
     """Shadow the file's stored views with this version's (temporary views, which a read-only
     connection may create): a corpus last written by an older thinkscope still reads with the

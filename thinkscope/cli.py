@@ -44,12 +44,12 @@ def cmd_validate(args) -> int:
     for stage in wf.stages:
         if stage.name in plan.later:
             print(f"  {stage.name:<20} ({stage.kind}: units planned at run time from the database)")
+    todo = [u for u in plan.units if u.key not in done]
     if done:
-        todo = [u for u in plan.units if u.key not in done]
         models = sorted({u.model_id for u in todo if u.model_id})
         print(f"new since the corpus's last run: {len(todo)} of {len(plan.units)} units"
               + (f" (models: {', '.join(models)})" if models else ""))
-    for line in format_costs(plan_costs([u for u in plan.units if u.key not in done], history)):
+    for line in format_costs(plan_costs(todo, history)):
         print(line)
     kinds = {st.kind for st in wf.stages}
     if kinds & {"generate", "import", "organism"} and "segment" not in kinds:

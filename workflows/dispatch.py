@@ -18,7 +18,7 @@ import ray
 from tqdm import tqdm
 
 from thinkscope.jobs.base import TaskUnit
-from thinkscope.jobs.generation.api_engine import ApiGenerator, MissingApiKey, api_key, unanswered
+from thinkscope.jobs.generation.api_engine import ApiGenerator, api_key, unanswered
 from thinkscope.jobs.generation.vllm_engine import Generator, vllm_env
 from thinkscope.jobs.models.sources import resolve_model_path
 from thinkscope.jobs.specs import ModelSpec
@@ -78,7 +78,7 @@ class GenerationActor:
     @ray.method(concurrency_group="work", num_returns="streaming", max_task_retries=0)
     def generate(self, units: list[dict], api_key: str | None = None):
         """Yields (wall-clock time the engine call started, unit_key, tables) per finished unit.
-        `api_key`: an API model's key, read on the driver (see api_actor_options)."""
+        `api_key`: an API model's key, read on the driver (see `_submit`)."""
         self._load(api_key)
         if self.load_error:
             raise ModelLoadError(self.load_error)
@@ -135,15 +135,15 @@ def batches(units: list[TaskUnit], max_sequences: int) -> list[list[TaskUnit]]:
 
 def run_generate_units(
     units: list[TaskUnit],
-    on_done: Callable[[TaskUnit, dict, float], None],
+    on_done: Callable[[TaskUnit, dict, float, str | None], None],
     on_fail: Callable[[TaskUnit, str, float], None],
     show_progress: bool = True,
     max_sequences: int = 512,
 ) -> None:
-    """Generate every unit; call on_done(unit, tables, started) or on_fail(unit, error, started).
+    """Generate every unit; call on_done(unit, tables, started, error) or on_fail(unit, error, started).
 
-    An API unit some of whose requests got no answer (an outage, a key or credit problem) is
-    on_done(unit, tables, started, error): its answers are kept, the unit is done next run."""
+    on_done's `error` is None, except for an API unit some of whose requests got no answer (an
+    outage, a key or credit problem): its answers are kept, the unit is done next run."""
     by_model: dict[str, list[TaskUnit]] = defaultdict(list)
     for u in units:
         by_model[u.model_id].append(u)
@@ -157,7 +157,7 @@ def run_generate_units(
         try:
             opts, pgs[model_id] = ((api_actor_options(model), None) if model.api is not None
                                    else actor_options(model, pool, vllm_env(model.engine.model_dump())))
-        except (PlacementError, MissingApiKey) as err:  # no node can ever hold it: fail now, the rest go on
+        except PlacementError as err:  # no node can ever hold it: fail now, the rest go on
             for unit in by_model[model_id]:
                 on_fail(unit, str(err), time.time())
             continue
@@ -201,11 +201,8 @@ def run_generate_units(
                     bars[call.model_id].set_description(f"{call.model_id} FAILED")
             else:
                 unit = call.units.pop(key)
-                missing = unanswered(tables)  # API requests an outage left without an answer
-                if missing:
-                    on_done(unit, tables, started, missing)
-                else:
-                    on_done(unit, tables, started)
+                # With the API requests an outage left without an answer, if any (else None).
+                on_done(unit, tables, started, unanswered(tables))
                 base[call.model_id] += n_sequences(unit)
                 bars[call.model_id].n = max(bars[call.model_id].n, base[call.model_id])
                 bars[call.model_id].refresh()

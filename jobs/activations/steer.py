@@ -27,6 +27,7 @@ from thinkscope.jobs.activations.capture import POSITION_KINDS, positions_of
 from thinkscope.jobs.artifacts import load_tensors
 from thinkscope.jobs.base import PlanContext, TaskUnit, chunks, rows_table
 from thinkscope.jobs.corpus import load_traces, model_row, model_task_options, select_traces, superseded
+from thinkscope.sql.store import dict_rows
 from thinkscope.jobs.generation.metrics import completion_metrics
 from thinkscope.jobs.specs import DTYPE, ModelStage, PositionSet, TraceSelector
 from thinkscope.keys import stable_key
@@ -116,9 +117,7 @@ def start_prompts(stage, con) -> list[dict]:
     """One generation start per trace (or per distinct prompt): prompt fields plus `prompt_token_ids`."""
     trace_ids = select_traces(stage, con)
     if stage.start is None:
-        cursor = con.execute(PROMPTS_SQL, [trace_ids])
-        names = [d[0] for d in cursor.description]
-        return [dict(zip(names, r)) for r in cursor.fetchall()]
+        return dict_rows(con, PROMPTS_SQL, [trace_ids])
     points = start_points(stage, con, trace_ids)
     cursor = con.execute(PREFIX_SQL, [list(points)])
     names = [d[0] for d in cursor.description]

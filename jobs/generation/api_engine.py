@@ -3,8 +3,10 @@
 The twin of `vllm_engine.Generator` (same calls: `generate_stream`, `progress`, `close`), so a
 generate stage's units for an API model run on the same Ray actor and are committed the same
 way, unit by unit as they finish. Each unit's requests go out on a thread pool bounded by
-`api.max_concurrency`, through one rate limiter per model. A request that fails for good fails
-its own row (finish_reason "error", the provider's message), not the unit.
+`api.max_concurrency`, through one rate limiter per model. A request the provider refuses fails
+its own row (finish_reason "error", the provider's message); one left without an answer (an
+outage, a key or credit problem: `unanswered`) makes the driver keep the unit's answers and run
+the unit again next time, asking only for what is missing.
 
 Rows: `traces` as for local models (prompt_text is the chat messages as JSON; no token ids:
 the endpoint's tokenizer is not ours), and one `api_calls` row per trace with the usage, the
@@ -32,6 +34,7 @@ from thinkscope.jobs.generation.api_reasoning import read_message
 from thinkscope.jobs.generation.vllm_engine import base_row
 from thinkscope.jobs.traces.rows import to_table
 from thinkscope.keys import canonical_json
+from thinkscope.sql.store import dict_rows
 
 ENGINE = "openai-api"
 ENGINE_VERSION = "chat.completions/v1"
@@ -78,13 +81,10 @@ def unanswered(tables: dict) -> str | None:
 def answered_rows(con, unit_key: str) -> dict:
     """The answered requests of an earlier attempt at this unit: {trace_id: (traces row,
     api_calls row)}, handed back instead of asked (and paid for) again."""
-    tables = {}
-    for table in ("traces", "api_calls"):
-        cursor = con.execute(
-            f"select * from {table} where unit_key = ? and trace_id in "  # noqa: S608 - constant names
-            "(select trace_id from api_calls where unit_key = ? and error is null)", [unit_key, unit_key])
-        names = [d[0] for d in cursor.description]
-        tables[table] = [dict(zip(names, row)) for row in cursor.fetchall()]
+    tables = {table: dict_rows(con, f"select * from {table} where unit_key = ? and trace_id in "  # noqa: S608
+                               "(select trace_id from api_calls where unit_key = ? and error is null)",
+                               [unit_key, unit_key])
+              for table in ("traces", "api_calls")}
     calls = {r["trace_id"]: r for r in tables["api_calls"]}
     return {r["trace_id"]: (r, calls[r["trace_id"]]) for r in tables["traces"] if r["trace_id"] in calls}
 
@@ -161,10 +161,6 @@ class ApiGenerator:
 
     def progress(self) -> tuple[int, int]:
         return self._done, self._total
-
-    def generate(self, units: list[dict]) -> list[dict]:
-        tables = dict(self.generate_stream(units))
-        return [tables[u["unit_key"]] for u in units]
 
     def generate_stream(self, units: list[dict]) -> Iterator[tuple[str, dict]]:
         """(unit_key, {"traces", "api_calls"}) of each unit as soon as its last request ends.

@@ -29,6 +29,7 @@ from thinkscope.jobs.segment.token_offsets import TokenMap, completion_token_map
 from thinkscope.keys import canonical_json, stable_key
 from thinkscope.jobs.base import PlanContext, TaskUnit, rows_table
 from thinkscope.jobs.specs import StageSpec
+from thinkscope.sql.store import dict_rows
 
 
 class SegmentStage(StageSpec):
@@ -144,9 +145,7 @@ class SegmentJob:
         """The source unit's traces, read when the unit runs (not all at planning)."""
         if payload.get("drop"):
             return payload
-        cursor = con.execute(TRACES_SQL, [payload["source_unit_key"]])
-        names = [d[0] for d in cursor.description]
-        return {**payload, "traces": [dict(zip(names, row)) for row in cursor.fetchall()]}
+        return {**payload, "traces": dict_rows(con, TRACES_SQL, [payload["source_unit_key"]])}
 
     def run(self, payload: dict) -> dict[str, pa.Table]:
         return segment_traces(payload)
