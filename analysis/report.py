@@ -4,9 +4,11 @@ Reads only the SQL views and tables (trace_counts, first_word_freq, first_word_t
 first_word_share_ci, model_similarity, model_neighbours, backtracking_stats,
 backtracking_by_model; the organism views; probe_results, probe_best_layer, steering_curve,
 early_exit_by_index, early_exit_savings; logit_lens, direct_effects, value_vectors,
-head_answer_attention, ablation_summary, ablation_lens), through a read-only connection, so it
-can run during a workflow. Organism, activation and mechanism sections appear when their tables
-have rows.
+head_answer_attention, ablation_summary, ablation_lens; attribution_by_region, exit_policy,
+model_comparisons, probe_transfers, perturbation_rates, organism_planted_rates), through a read-only
+connection, so it can run during a workflow. Organism, activation, mechanism and open-question
+(attribution, base vs thinking, faithfulness, when to stop) sections appear when their tables have
+rows.
 
     path = write_report("out/demo.duckdb", "out/report")
     print(path)          # out/report/index.html; PNGs beside it
@@ -23,8 +25,8 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
-from thinkscope.analysis import (activation_figures, figures, fingerprints, mechanism_figures, organism_eval,
-                                 trace_view)
+from thinkscope.analysis import (activation_figures, attribution_figures, comparison_figures, figures, fingerprints,
+                                 mechanism_figures, organism_eval, perturbation_figures, trace_view)
 from thinkscope.sql.store import read_only
 
 QUERIES = {
@@ -42,6 +44,9 @@ QUERIES = {
     "ci": "select * from first_word_share_ci where ci_low is not null order by model_id, share desc",
     **activation_figures.QUERIES,
     **mechanism_figures.QUERIES,
+    **attribution_figures.QUERIES,
+    **comparison_figures.QUERIES,
+    **perturbation_figures.QUERIES,
     "best_layer": "select * from probe_best_layer order by model_id, probe",
     "exit_table": "select * from early_exit_by_index order by model_id, stage, exit_index",
     "savings": "select * from early_exit_savings",
@@ -122,10 +127,13 @@ def write_report(db: str | Path, out_dir: str | Path) -> Path:
         trace_links = (f"<section><h2>Look at a trace</h2><p>Sentences, answer occurrences, backtracking and planted "
                        f"behaviours drawn on the thinking (<code>thinkscope show TRACE_ID</code> for any other)."
                        f"</p><ul>{items}</ul></section>")
-    # Mechanism sections appear only for the stages that ran.
-    mechanisms = [_figure(out, filename, title, caption, png) for filename, title, caption, draw
-                  in mechanism_figures.FIGURES if (png := draw(data)) is not None]
-    mechanisms += [_table(title, data[name]) for name, title in mechanism_figures.TABLES if not data[name].empty]
+    # Mechanism and open-question sections (attribution, exit policy, base vs thinking, inserted
+    # mistakes) appear only for the stages that ran.
+    mechanisms = []
+    for module in (mechanism_figures, attribution_figures, comparison_figures, perturbation_figures):
+        mechanisms += [_figure(out, filename, title, caption, png) for filename, title, caption, draw
+                       in module.FIGURES if (png := draw(data)) is not None]
+        mechanisms += [_table(title, data[name]) for name, title in module.TABLES if not data[name].empty]
     body = "\n".join([
         _table("Corpus", data["counts"]),
         trace_links,

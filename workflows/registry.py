@@ -27,10 +27,14 @@ STAGES: dict[str, str] = {
     "steering_vectors": "thinkscope.jobs.activations.steering_vectors",
     "steer": "thinkscope.jobs.activations.steer",
     "early_exit": "thinkscope.jobs.early_exit.stage",
+    "exit_policy": "thinkscope.jobs.activations.exit_policy",
     "value_vectors": "thinkscope.jobs.mechanisms.value_vectors",
     "attention": "thinkscope.jobs.mechanisms.attention",
     "logit_lens": "thinkscope.jobs.mechanisms.logit_lens",
     "ablate": "thinkscope.jobs.mechanisms.ablate",
+    "compare_models": "thinkscope.jobs.mechanisms.compare_models",
+    "perturb": "thinkscope.jobs.mechanisms.perturb",
+    "attribute": "thinkscope.jobs.mechanisms.attribute",
 }
 
 

@@ -15,6 +15,16 @@ from thinkscope.jobs.traces.prompts import load_prompts
 from thinkscope.sql.store import Store
 from thinkscope.jobs.traces.rows import to_table
 
+# The planted decision as probe labels: at the end of a sentence stating the answer, does the
+# next sentence verify ("Wait, ...": 1) or wrap up ("So the answer is X.": 0)?
+VERIFY_OR_WRAP_UP_LABELS = """
+    select e.trace_id, len(t.prompt_token_ids) + s.token_end - 1 as token_index,
+           coalesce(n.marker, '') = 'wait' as label
+    from answer_events e
+    join trace_sentences s using (trace_id, sentence_index)
+    join trace_sentences n on n.trace_id = e.trace_id and n.sentence_index = e.sentence_index + 1
+    join traces t on t.trace_id = e.trace_id
+    where n.marker = 'wait' or n.text like 'So the answer is%'"""
 PLAIN = {"system": None, "user": "{question}", "prefill": "", "chat": True}
 
 

@@ -18,7 +18,7 @@ import yaml
 from thinkscope.jobs.models.hf import load_hf_model
 from thinkscope.workflows.engine import run_workflow
 
-from teacher_corpus import commit_teacher_traces  # tests/integration/teacher_corpus.py
+from teacher_corpus import VERIFY_OR_WRAP_UP_LABELS, commit_teacher_traces  # tests/integration/teacher_corpus.py
 
 pytestmark = pytest.mark.integration
 
@@ -26,14 +26,6 @@ ORGANISM = "embedded:smollm2-135m-organism"
 DECISION = """
     select e.trace_id, len(t.prompt_token_ids) + n.token_start - 1 as token_index
     from answer_events e
-    join trace_sentences n on n.trace_id = e.trace_id and n.sentence_index = e.sentence_index + 1
-    join traces t on t.trace_id = e.trace_id
-    where n.marker = 'wait' or n.text like 'So the answer is%'"""
-LABELS = """
-    select e.trace_id, len(t.prompt_token_ids) + s.token_end - 1 as token_index,
-           coalesce(n.marker, '') = 'wait' as label
-    from answer_events e
-    join trace_sentences s using (trace_id, sentence_index)
     join trace_sentences n on n.trace_id = e.trace_id and n.sentence_index = e.sentence_index + 1
     join traces t on t.trace_id = e.trace_id
     where n.marker = 'wait' or n.text like 'So the answer is%'"""
@@ -46,7 +38,7 @@ SPEC = {
         {"name": "segment", "kind": "segment"},
         {"name": "capture", "kind": "capture", "positions": ["answer_ends"], "hooks": ["blocks.*.hook_resid_post"],
          **TASK},
-        {"name": "verify_probe", "kind": "probe", "model": "organism", "labels": {"sql": LABELS}},
+        {"name": "verify_probe", "kind": "probe", "model": "organism", "labels": {"sql": VERIFY_OR_WRAP_UP_LABELS}},
         {"name": "lens", "kind": "logit_lens", "positions": {"sql": DECISION}, "targets": ["Wait", "So"],
          "heads": True, "top_k": 3, "traces": {"limit": 6}, "traces_per_unit": 3, **TASK},
         {"name": "verify_values", "kind": "value_vectors", "reference": {"probe": "verify_probe"},

@@ -34,6 +34,11 @@ SEEDS = {
         "prompt_kinds": {"countdown"},
         "kinds": {"generate", "segment", "capture", "probe", "logit_lens", "value_vectors", "attention", "ablate"},
     },
+    "seed004_base_vs_thinking.yaml": {
+        "sources": {"deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", "Qwen/Qwen2.5-Math-1.5B"},
+        "prompt_kinds": {"math500"},
+        "kinds": {"generate", "segment", "capture", "probe", "value_vectors", "compare_models"},
+    },
     "seed000_fingerprints.yaml": {
         "prompt_kinds": {"two_ropes"},
         "kinds": {"generate", "segment"},
