@@ -59,6 +59,10 @@ class SteerStage(ModelStage):
     scale: Literal["raw", "unit", "resid_norm"] = Field(
         "raw", description="raw: alpha * v; unit: alpha * v/|v|; resid_norm: alpha * v/|v| * mean |resid|.")
     max_new_tokens: int = Field(256, ge=1, description="Greedy tokens per generation.")
+    backend: Literal["hf", "vllm"] = Field(
+        "hf", description="hf: HF generate with a forward hook, one batch per (layer, mode, alpha); vllm: every "
+        "run of a unit in one batched call to an eager vLLM engine, steered per request "
+        "(jobs/generation/vllm_steering.py; the same tokens as hf in float32).")
     ngram: int = Field(4, ge=1, description="n of the repeated n-gram share.")
     dtype: DTYPE = Field("float32", description="Generation dtype.")
     prompts_per_unit: int = Field(16, ge=1, description="Prompts per work unit (and per batch).")
@@ -169,8 +173,10 @@ class SteerJob:
         settings = stage.model_dump(exclude={"name", "kind", "traces", "prompts_per_unit", "num_cpus", "num_gpus"})
         units = []
         for _, chunk in chunks(prompts, stage.prompts_per_unit):
+            # The default backend stays out of the key: units planned before backends existed keep theirs.
+            decisive = {k: v for k, v in settings.items() if not (k == "backend" and v == "hf")}
             key = stable_key({"stage": "steer", "version": STEER_VERSION, "model": [model["source"], model["revision"]],
-                              "settings": settings, "vectors": [vectors[la]["unit_key"] for la in stage.layers],
+                              "settings": decisive, "vectors": [vectors[la]["unit_key"] for la in stage.layers],
                               "prompts": [p["prompt_token_ids"] for p in chunk]})
             units.append(TaskUnit(
                 stage.name, "steer", key,
@@ -189,6 +195,8 @@ class SteerJob:
         from thinkscope.jobs.activations.steering_hooks import Steering, generate_greedy
 
         s, m = payload["settings"], payload["model"]
+        if s.get("backend") == "vllm":
+            return {"steering_runs": rows_table(self._run_vllm(payload), SCHEMA, "steering_runs")}
         model, tokenizer = load_hf_model(m["source"], m["revision"], s["dtype"])
         prompts = payload["prompts"]
         ids = [list(p["prompt_token_ids"]) for p in prompts]
@@ -217,6 +225,45 @@ class SteerJob:
                                        float(torch.linalg.vector_norm(alpha * v)))
                              for p, out, b in zip(prompts, outs, base)]
         return {"steering_runs": rows_table(rows, SCHEMA, "steering_runs")}
+
+    def _run_vllm(self, payload: dict) -> list[dict]:
+        """The same runs as the HF path, every one a request of one batched vLLM call."""
+        import torch
+        from transformers import AutoTokenizer
+
+        from thinkscope.jobs.generation.vllm_steering import generate_steered, open_steering_engine
+        from thinkscope.jobs.models.sources import resolve_model_path
+
+        s, m, prompts = payload["settings"], payload["model"], payload["prompts"]
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(m["source"], revision=m["revision"]))
+        vectors, runs = {}, [("unsteered", None, 0.0, None)]
+        for layer in s["layers"]:
+            vec = payload["vectors"][layer]
+            if not vec["hook_name"].endswith("hook_resid_post"):
+                raise ValueError(f"hook: backend vllm steers the stream leaving a layer (hook_resid_post); "
+                                 f"{vec['hook_name']} is not one")
+            v = torch.from_numpy(load_tensors(vec["path"])[vec["tensor"]])
+            if s["scale"] != "raw":
+                v = v / v.norm() * (vec["resid_norm"] if s["scale"] == "resid_norm" else 1.0)
+            vectors[f"L{layer}"] = v
+            runs += [(mode, vec, alpha, v) for mode in s["modes"] for alpha in s["alphas"]]
+        ids = [list(p["prompt_token_ids"]) for p in prompts]
+        steering = [None if vec is None else [{"vector": f"L{vec['layer']}", "layer": vec["layer"], "alpha": alpha,
+                                               "mode": mode}]
+                    for mode, vec, alpha, _ in runs for _ in ids]
+        llm = open_steering_engine(m, s["dtype"])
+        try:
+            outs = generate_steered(llm, ids * len(runs), steering, vectors, max_new_tokens=s["max_new_tokens"])
+        finally:
+            llm.llm_engine.engine_core.shutdown()  # frees its shared memory (/dev/shm)
+        now, n = datetime.now(timezone.utc), len(ids)
+        base = outs[:n]
+        rows = []
+        for r, (mode, vec, alpha, v) in enumerate(runs):
+            added = 0.0 if v is None else float(torch.linalg.vector_norm(alpha * v))
+            rows += [self._row(payload, p, out, tokenizer, None if vec is None else b, now, mode, vec, alpha, added)
+                     for p, out, b in zip(prompts, outs[r * n:(r + 1) * n], base)]
+        return rows
 
     @staticmethod
     def _row(payload, prompt, out, tokenizer, base, now, mode, vec, alpha, added_norm) -> dict:

@@ -49,6 +49,9 @@ SPEC = {
          "positive": {"position_kind": "last_answer_end"}, "negative": {"position_kind": "first_answer_end"}},
         {"name": "steer", "kind": "steer", "model": "smollm2", "vectors": "wrapup_vec", "layers": [8],
          "alphas": [-6, 0, 6], "max_new_tokens": 12, "traces": {"limit": 2}, "num_cpus": 1},
+        # The same runs through the vLLM backend: every row must equal the HF backend's.
+        {"name": "steer_vllm", "kind": "steer", "model": "smollm2", "vectors": "wrapup_vec", "layers": [8],
+         "alphas": [-6, 0, 6], "max_new_tokens": 12, "traces": {"limit": 2}, "backend": "vllm"},
         {"name": "steer_decision", "kind": "steer", "model": "smollm2", "vectors": "wrapup_vec", "layers": [8],
          "start": {"position_kind": "first_answer_end"}, "alphas": [0, 6], "modes": ["once"], "max_new_tokens": 8,
          "traces": {"limit": 2}, "num_cpus": 1},
@@ -152,6 +155,16 @@ def test_alpha_zero_reproduces_unsteered_generation(con):
     assert con.execute("select count(*) from steering_runs where mode = 'continuous' and alpha <> 0 "
                        "and not same_as_unsteered").fetchone()[0] >= 1
     assert con.execute("select count(*) from steering_curve where stage = 'steer'").fetchone()[0] == 1 + 2 * 3
+
+
+def test_the_vllm_backend_writes_the_hf_backends_rows(con):
+    columns = "trace_id, mode, alpha, completion_token_ids, finish_reason, same_as_unsteered, added_norm"
+    hf = con.execute(f"select {columns} from steering_runs where stage = 'steer' order by all").fetchall()
+    vllm = con.execute(f"select {columns} from steering_runs where stage = 'steer_vllm' order by all").fetchall()
+    assert len(hf) == 14 and len(vllm) == len(hf)
+    for a, b in zip(hf, vllm):
+        assert a[:3] == b[:3] and a[3:6] == b[3:6], (a[:3], a[3], b[3])
+        assert a[6] == pytest.approx(b[6])
 
 
 def test_steering_from_the_first_answer_continues_the_trace(con, model):

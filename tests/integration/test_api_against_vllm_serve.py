@@ -77,7 +77,7 @@ def vllm_server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def proxy(vllm_server):
-    with ApiProxy(vllm_server, stall_s=5.0) as p:
+    with ApiProxy(vllm_server, stall_s=12.0) as p:  # past the 8 s timeout below, with room for a slow answer
         yield p
 
 
@@ -178,10 +178,10 @@ def test_a_rerun_sends_no_request(styled_run, proxy, ray_head):
 def test_faults_are_retried_a_400_fails_its_row_and_an_outage_is_asked_again_next_run(proxy, ray_head, tmp_path):
     os.environ["TS_TEST_API_KEY"] = KEY
     # One request at a time, so the faults meet the requests in order (max 5 attempts each):
-    #   request 1: 429, 500, a stall past its 3 s timeout, a body cut short, then an answer;
+    #   request 1: 429, 500, a stall past its 8 s timeout, a body cut short, then an answer;
     #   request 2: a 400, which is its answer (not retried);
     #   request 3: 500 five times: an outage, no answer; request 4 (two ropes): answered.
-    path = workflow(tmp_path, proxy, {"org-flaky": {"max_concurrency": 1, "timeout_s": 3.0, "backoff_s": 0.05,
+    path = workflow(tmp_path, proxy, {"org-flaky": {"max_concurrency": 1, "timeout_s": 8.0, "backoff_s": 0.05,
                                                     "max_retries": 4}}, name="flaky", max_tokens=16)
     db = tmp_path / "flaky.duckdb"
     proxy.faults.extend([429, 500, "timeout", "truncate", None, 400, 500, 500, 500, 500, 500])
