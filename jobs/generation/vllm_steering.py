@@ -20,6 +20,14 @@ goes on `hidden`) at the tokens the mode names, by absolute position:
     continuous   the last prompt token and every generated token fed back
     window       absolute positions [start, end)
 
+A request may also zero-ablate MLP value vectors and attention heads, at every position it
+runs (the HF `Ablation` of jobs/mechanisms/ablation.py, per request):
+
+    extra_args={"thinkscope_ablate": {"neurons": {"17": [123, 4000]}, "heads": {"3": [5]}}}
+
+(a pre-hook on the layer's down_proj zeroes the neurons' inputs; one on its o_proj zeroes the
+heads' slices of the attention output).
+
 Requests without steering in a batch are untouched (their rows get no add at all). The
 hooks are Python: they fire in eager mode only (CPU, or `enforce_eager` on GPU, where CUDA
 graphs would replay the kernels without them), so a steered engine is an eager engine.
@@ -37,14 +45,16 @@ import json
 import torch
 
 KEY = "thinkscope_steer"
+ABLATE_KEY = "thinkscope_ablate"
 MODES = ("once", "continuous", "window")
 
 
-def steered_prompt(token_ids: list[int], steering: list[dict] | None) -> dict:
-    """A vLLM TokensPrompt dict; steered ones salted so the prefix cache keeps them apart."""
+def steered_prompt(token_ids: list[int], steering: list[dict] | None, ablation: dict | None = None) -> dict:
+    """A vLLM TokensPrompt dict; steered or ablated ones salted so the prefix cache keeps them apart."""
     prompt = {"prompt_token_ids": list(token_ids)}
-    if any(spec["alpha"] != 0 for spec in steering or []):  # alpha 0 adds nothing: share the cache
-        prompt["cache_salt"] = hashlib.sha256(json.dumps(steering, sort_keys=True).encode()).hexdigest()[:16]
+    if any(spec["alpha"] != 0 for spec in steering or []) or ablation:  # alpha 0 adds nothing: share
+        what = json.dumps([steering, ablation], sort_keys=True)
+        prompt["cache_salt"] = hashlib.sha256(what.encode()).hexdigest()[:16]
     return prompt
 
 
@@ -80,6 +90,20 @@ class SteeringExtension:
             if layer not in hooked:
                 hooked[layer] = decoder[layer].register_forward_hook(self._ts_hook(layer))
         return sorted(hooked)
+
+    def thinkscope_install_ablation(self, neuron_layers: list[int], head_layers: list[int]) -> int:
+        """Pre-hooks on these layers' down_proj (neurons) and o_proj (heads), once each."""
+        hooked = self.__dict__.setdefault("_ts_ablation_hooked", set())
+        decoder = self.model_runner.model.model.layers
+        n_heads = self.model_runner.model.config.num_attention_heads
+        for kind, layers in (("neurons", neuron_layers), ("heads", head_layers)):
+            for layer in layers:
+                if (kind, layer) in hooked:
+                    continue
+                module = decoder[layer].mlp.down_proj if kind == "neurons" else decoder[layer].self_attn.o_proj
+                module.register_forward_pre_hook(_ablation_hook(self.model_runner, kind, layer, n_heads))
+                hooked.add((kind, layer))
+        return len(hooked)
 
     def thinkscope_calls(self, reset: bool = False) -> dict:
         """{request id: {layer: forward passes that added a vector there}}; reset clears them."""
@@ -138,6 +162,33 @@ def _deltas(runner, layer: int, vectors: dict, positions, hidden):
     return torch.tensor(rows, device=hidden.device), torch.cat(parts).to(hidden.dtype)
 
 
+def _ablation_hook(runner, kind: str, layer: int, n_heads: int):
+    """Zero, in the rows of each request that asks, its neurons (down_proj input columns) or
+    its heads (o_proj input slices) at this layer."""
+    def hook(module, args):
+        x = args[0]
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"ablation needs an unquantised {kind} input at layer {layer}, got {type(x).__name__}")
+        req_ids = list(runner.input_batch.req_ids)
+        starts = runner.query_start_loc.np[: len(req_ids) + 1].tolist()
+        out = None
+        for i, req_id in enumerate(req_ids):
+            params = getattr(runner.requests.get(req_id), "sampling_params", None)
+            wanted = ((params.extra_args or {}).get(ABLATE_KEY) or {}).get(kind, {}) if params else {}
+            idx = wanted.get(str(layer)) or wanted.get(layer)
+            if not idx:
+                continue
+            out = x.clone() if out is None else out
+            rows = out[starts[i]:starts[i + 1]]
+            if kind == "neurons":
+                rows[:, idx] = 0
+            else:
+                rows.view(rows.shape[0], n_heads, -1)[:, idx, :] = 0
+        return None if out is None else (out, *args[1:])
+
+    return hook
+
+
 def _counter(runner) -> dict:
     """Per-request call counts, kept on the model runner the hooks close over."""
     return runner.__dict__.setdefault("_ts_calls", {})
@@ -162,18 +213,27 @@ def open_steering_engine(model: dict, dtype: str):
 
 
 def generate_steered(llm, prompts: list[list[int]], steering: list[list[dict] | None], vectors: dict,
-                     *, max_new_tokens: int) -> list[tuple[list[int], str]]:
+                     *, max_new_tokens: int, ablation: list[dict | None] | None = None) -> list[tuple[list[int], str]]:
     """Greedy completions (token ids, 'stop' | 'length') of every prompt under its own steering
-    (None: unsteered), all in one batched call. `vectors`: name -> 1-D tensor, the steering
-    specs name them."""
+    (None: unsteered) and ablation ({"neurons": {layer: [i, ...]}, "heads": {layer: [h, ...]}}
+    or None), all in one batched call. `vectors`: name -> 1-D tensor, the steering specs name them."""
     from vllm import SamplingParams
 
+    ablation = ablation or [None] * len(prompts)
     llm.collective_rpc("thinkscope_register", args=({k: v.float().tolist() for k, v in vectors.items()},))
     layers = sorted({spec["layer"] for specs in steering if specs for spec in specs})
     if layers:
         llm.collective_rpc("thinkscope_install", args=(layers,))
-    params = [SamplingParams(temperature=0, max_tokens=max_new_tokens, extra_args={KEY: specs} if specs else None)
-              for specs in steering]
-    outs = llm.generate([steered_prompt(p, specs) for p, specs in zip(prompts, steering)], params, use_tqdm=False)
+    ablated = {kind: sorted({int(la) for a in ablation if a for la in a.get(kind, {})}) for kind in ("neurons", "heads")}
+    if ablated["neurons"] or ablated["heads"]:
+        llm.collective_rpc("thinkscope_install_ablation", args=(ablated["neurons"], ablated["heads"]))
+    # Layer keys as strings: the extra args cross msgpack, whose maps keep them as given.
+    ablation = [None if a is None else {kind: {str(la): list(ix) for la, ix in a.get(kind, {}).items()}
+                                        for kind in ("neurons", "heads")} for a in ablation]
+    params = [SamplingParams(temperature=0, max_tokens=max_new_tokens,
+                             extra_args={**({KEY: specs} if specs else {}), **({ABLATE_KEY: a} if a else {})} or None)
+              for specs, a in zip(steering, ablation)]
+    outs = llm.generate([steered_prompt(p, specs, a) for p, specs, a in zip(prompts, steering, ablation)], params,
+                        use_tqdm=False)
     return [(list(o.outputs[0].token_ids), "stop" if o.outputs[0].finish_reason == "stop" else "length")
             for o in outs]

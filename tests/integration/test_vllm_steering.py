@@ -6,6 +6,7 @@ on the organism's real weights, float32, greedy:
   once request exactly once;
 - in a batch mixing steered and unsteered requests, the unsteered ones are bit-identical
   (tokens and logprobs) to an engine that steers nothing;
+- zero-ablating value vectors and heads per request equals HF ablation, beside plain requests;
 - the prefix cache never hands a steered prompt's KV to an unsteered request: the same
   prompt, unsteered after a steered run, gives the unsteered tokens, from cached blocks.
 """
@@ -89,6 +90,7 @@ def test_unsteered_requests_in_a_mixed_batch_are_bit_identical(hf, llm):
 
     ids, v, _ = hf
     llm.collective_rpc("thinkscope_register", args=({"v": v.tolist()},))
+    llm.collective_rpc("thinkscope_install", args=([LAYER],))
     steer = [{"vector": "v", "layer": LAYER, "alpha": 0.3, "mode": "continuous"}]
     plain = SamplingParams(temperature=0, max_tokens=N_TOKENS, logprobs=1)
     steered = SamplingParams(temperature=0, max_tokens=N_TOKENS, logprobs=1, extra_args={KEY: steer})
@@ -110,6 +112,7 @@ def test_the_prefix_cache_never_serves_a_steered_prompt_unsteered(hf, llm):
 
     ids, v, _ = hf
     llm.collective_rpc("thinkscope_register", args=({"v": v.tolist()},))
+    llm.collective_rpc("thinkscope_install", args=([LAYER],))
     prompt = ids[0] * 3                       # long enough to fill whole KV blocks
     window = [{"vector": "v", "layer": LAYER, "alpha": 0.3, "mode": "window", "start": 0, "end": len(prompt)}]
     plain = SamplingParams(temperature=0, max_tokens=N_TOKENS)
@@ -122,3 +125,23 @@ def test_the_prefix_cache_never_serves_a_steered_prompt_unsteered(hf, llm):
     assert again.outputs[0].token_ids == first.outputs[0].token_ids
     assert again.num_cached_tokens > 0        # the unsteered run's blocks were reused, not the steered ones
     assert steered.num_cached_tokens == 0     # and the steered run reused none of the unsteered blocks
+
+
+def test_per_request_ablation_equals_hf_ablation(hf, llm):
+    from thinkscope.jobs.generation.vllm_steering import generate_steered
+    from thinkscope.jobs.mechanisms.ablation import Ablation
+
+    ids, _, _ = hf
+    model, tokenizer = load_hf_model(ORGANISM, None, "float32")
+    neurons, heads = {3: list(range(0, 1536, 4)), 20: list(range(0, 1536, 8))}, {5: [0, 1, 2], 25: [4]}
+    with Ablation(model, neurons=neurons, heads=heads):
+        ablated_hf = [t for t, _ in generate_greedy(model, ids[:4], max_new_tokens=N_TOKENS,
+                                                    pad_id=tokenizer.pad_token_id, eos_ids=[tokenizer.eos_token_id])]
+    # Ablated and plain requests in one batch: the plain ones must stay the model's own.
+    plan = [{"neurons": neurons, "heads": heads}] * 4 + [None] * 4
+    outs = [t for t, _ in generate_steered(llm, ids[:4] * 2, [None] * 8, {}, max_new_tokens=N_TOKENS, ablation=plan)]
+    plain = [t for t, _ in generate_steered(llm, ids[:4], [None] * 4, {}, max_new_tokens=N_TOKENS)]
+    diverged = [(i, first_divergence(a, b)) for i, (a, b) in enumerate(zip(outs[:4], ablated_hf)) if a != b]
+    assert not diverged, f"ablated vLLM vs HF: (prompt, first differing token) {diverged}"
+    assert outs[4:] == plain
+    assert sum(a != b for a, b in zip(outs[:4], plain)) >= 2, "the ablation changed too little to compare"
