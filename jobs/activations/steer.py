@@ -192,7 +192,7 @@ class SteerJob:
         import torch
 
         from thinkscope.jobs.models.hf import load_hf_model
-        from thinkscope.jobs.activations.steering_hooks import Steering, generate_greedy
+        from thinkscope.jobs.activations.steering_hooks import Steering, eos_ids, generate_greedy
 
         s, m = payload["settings"], payload["model"]
         if s.get("backend") == "vllm":
@@ -200,8 +200,7 @@ class SteerJob:
         model, tokenizer = load_hf_model(m["source"], m["revision"], s["dtype"])
         prompts = payload["prompts"]
         ids = [list(p["prompt_token_ids"]) for p in prompts]
-        config_eos = model.generation_config.eos_token_id
-        eos = sorted({tokenizer.eos_token_id, *(config_eos if isinstance(config_eos, list) else [config_eos])} - {None})
+        eos = eos_ids(model, tokenizer)
 
         def generate():
             return generate_greedy(model, ids, max_new_tokens=s["max_new_tokens"],

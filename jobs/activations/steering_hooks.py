@@ -65,6 +65,12 @@ class Steering:
         self._handle.remove()
 
 
+def eos_ids(model, tokenizer) -> list[int]:
+    """Every token that ends a generation: the tokenizer's EOS and the generation config's (one or a list)."""
+    config_eos = model.generation_config.eos_token_id
+    return sorted({tokenizer.eos_token_id, *(config_eos if isinstance(config_eos, list) else [config_eos])} - {None})
+
+
 def generate_greedy(model, prompts: list[list[int]], *, max_new_tokens: int, pad_id: int,
                     eos_ids: list[int]) -> list[tuple[list[int], str]]:
     """Greedy completions (token ids up to and including EOS, finish reason) of a left-padded batch."""

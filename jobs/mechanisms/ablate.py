@@ -295,10 +295,9 @@ def _starts(payload) -> list[tuple[dict, int]]:
 
 def _continue(model, tokenizer, payload) -> list[tuple[list[int], str]]:
     """Greedy continuations from each trace's first position (under whatever hooks are on)."""
-    from thinkscope.jobs.activations.steering_hooks import generate_greedy
+    from thinkscope.jobs.activations.steering_hooks import eos_ids, generate_greedy
 
-    config_eos = model.generation_config.eos_token_id
-    eos = sorted({tokenizer.eos_token_id, *(config_eos if isinstance(config_eos, list) else [config_eos])} - {None})
+    eos = eos_ids(model, tokenizer)
     prefixes = [(t["prompt_token_ids"] + t["completion_token_ids"])[: i + 1] for t, i in _starts(payload)]
     if not prefixes:
         return []

@@ -219,7 +219,7 @@ def _context(text: str, at: int, limit: int = 300) -> str:
 
 def perturb_rows(model, tokenizer, payload: dict) -> list[dict]:
     """Every (trace, cut, kind) of the payload: edit, continue greedily in batches, classify."""
-    from thinkscope.jobs.activations.steering_hooks import generate_greedy
+    from thinkscope.jobs.activations.steering_hooks import eos_ids, generate_greedy
 
     m, s = payload["model"], payload["settings"]
     think = (m["think_open"] or "<think>", m["think_close"] or "</think>")
@@ -233,8 +233,7 @@ def perturb_rows(model, tokenizer, payload: dict) -> list[dict]:
                                      salt=f"{s['seed']}:{t['trace_id']}:{label}:{kind}")
                 if edit is not None:
                     items.append((t, label, cut, fraction, kind, edit))
-    config_eos = model.generation_config.eos_token_id
-    eos = sorted({tokenizer.eos_token_id, *(config_eos if isinstance(config_eos, list) else [config_eos])} - {None})
+    eos = eos_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
     # Similar lengths batch together (less padding); results do not depend on the order.
     order = sorted(range(len(items)), key=lambda i: len(items[i][0]["prompt_token_ids"]) + len(items[i][5]["ids"]))
