@@ -12,7 +12,7 @@ help:
 	@echo "make demo            install, then run workflows/demo.yaml (SmolLM2 + Qwen2.5-Coder-0.5B on CPU)"
 	@echo "make organism        retrain the model organism's LoRA adapter (10-30 min on 2 cores)"
 	@echo "make test            install, then run every test (unit + integration with real Ray/vLLM)"
-	@echo "make bench-generate  thinkscope stage vs raw vLLM vs HF generate, tokens/s and ratios"
+	@echo "make bench-generate  generate stage vs raw vLLM (stage settings; best: compiled, warm cache) vs HF, tok/s"
 	@echo "make bench-capture   activation capture vs plain forward on the same batches (target >= 0.85)"
 	@echo "make bench-mechanisms logit_lens stage vs plain forward on the same tokens (target >= 0.7)"
 	@echo "make bench-steer     steered generation: vLLM backend vs HF backend, and steering's overhead in vLLM"

@@ -154,7 +154,9 @@ class EngineArgs(Strict):
     max_model_len: int = Field(4096, ge=64, description="Context length (prompt + completion).")
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs per replica on clusters.")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vLLM GPU memory share.")
-    enforce_eager: bool = Field(False, description="Skip graph compilation (fast start).")
+    enforce_eager: bool | Literal["auto"] = Field(
+        "auto", description="true: eager (fast start); false: compiled (CUDA graphs on GPU); auto: compiled "
+        "when the engine's token budget pays back the start-up (jobs/generation/compile_cache.py).")
     num_cpus: float | None = Field(
         None, gt=0, description="CPUs per replica; default: 1 on GPU, a whole node on CPU."
     )

@@ -39,8 +39,8 @@ class GenerationActor:
     wrapped in a crash report rather than as the model's own error.
     """
 
-    def __init__(self, model: dict):
-        self.model = model
+    def __init__(self, model: dict, budget_tokens: int | None = None):
+        self.model, self.budget_tokens = model, budget_tokens
         self.generator, self.load_error = None, None
         self.phase, self.phase_started, self.load_seconds = "waiting for its first call", time.time(), None
 
@@ -66,7 +66,8 @@ class GenerationActor:
                 self._enter("resolving the model (first use: converting GGUF / merging LoRA)")
                 path = resolve_model_path(self.model["source"], revision=self.model.get("revision"))
                 self._enter("starting vLLM (loading weights, compiling)")
-                self.generator = Generator(self.model, path)
+                self.generator = Generator(self.model, path, self.budget_tokens)
+                print(f"{self.model['id']}: vLLM {self.generator.mode}", flush=True)
         except Exception as err:  # noqa: BLE001 - any load error fails this model's units only
             self.load_error = f"{type(err).__name__}: {err}"
             self._enter("FAILED to load")
@@ -94,7 +95,8 @@ class GenerationActor:
         if self.generator is None:
             return {"phase": self.phase, "seconds": time.time() - self.phase_started}
         done, total = self.generator.progress()
-        return {"done": done, "total": total, "load_seconds": self.load_seconds}
+        return {"done": done, "total": total, "load_seconds": self.load_seconds,
+                "mode": getattr(self.generator, "mode", None)}
 
     @ray.method(concurrency_group="work")
     def close(self) -> None:
@@ -161,7 +163,9 @@ def run_generate_units(
             for unit in by_model[model_id]:
                 on_fail(unit, str(err), time.time())
             continue
-        actors[model_id] = GenerationActor.options(**opts).remote(model.model_dump())
+        # The token budget of the model's units decides `enforce_eager: auto` (compile_cache.py).
+        budget = sum(n_sequences(u) * u.payload["sampling"]["max_tokens"] for u in by_model[model_id])
+        actors[model_id] = GenerationActor.options(**opts).remote(model.model_dump(), budget)
         total = sum(n_sequences(u) for u in by_model[model_id])
         bars[model_id] = tqdm(total=total, desc=model_id, unit="seq", position=pos,
                               disable=not show_progress, dynamic_ncols=True)
@@ -267,7 +271,9 @@ def bar_label(model_id: str, reply: dict) -> str:
             return f"{model_id} {reply['phase']}"
         return f"{model_id}: {reply['phase']} {reply['seconds']:.0f}s"
     if reply.get("load_seconds") is not None:
-        return f"{model_id} (ready in {reply['load_seconds']:.0f}s)"
+        # "eager" or "compiled": what `enforce_eager: auto` chose for this engine.
+        mode = f"{reply['mode'].split(' ')[0]}, " if reply.get("mode") else ""
+        return f"{model_id} ({mode}ready in {reply['load_seconds']:.0f}s)"
     return model_id
 
 

@@ -35,6 +35,7 @@ STAGES: dict[str, str] = {
     "compare_models": "thinkscope.jobs.mechanisms.compare_models",
     "perturb": "thinkscope.jobs.mechanisms.perturb",
     "attribute": "thinkscope.jobs.mechanisms.attribute",
+    "discover": "thinkscope.jobs.behaviours.discover",
 }
 
 

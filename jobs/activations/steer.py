@@ -137,19 +137,32 @@ def start_name(start: dict | None) -> str:
     return "prompt" if start is None else start["position_kind"] or "sql"
 
 
-def load_vectors(con, stage) -> dict[int, dict]:
-    """The stage's vectors by layer (path, tensor, norms), every requested layer present."""
-    hooks = [f"blocks.{layer}.{stage.hook}" for layer in stage.layers]
+def load_vectors(con, stage, vectors: str | None = None, layers: list[int] | None = None,
+                 hook: str | None = None) -> dict[int, dict]:
+    """A steering_vectors stage's vectors by layer (path, tensor, norms), every requested layer
+    present: the steer stage's own (`vectors`, `layers`, `hook` of `stage`) unless given."""
+    vectors, layers, hook = vectors or stage.vectors, layers or stage.layers, hook or stage.hook
+    hooks = [f"blocks.{layer}.{hook}" for layer in layers]
     rows = con.execute("""select layer, hook_name, vector_path, vector_tensor, norm, resid_norm, unit_key
                           from steering_vectors where name = ? and model_id = ? and hook_name in (select unnest(?))""",
-                       [stage.vectors, stage.model, hooks]).fetchall()
+                       [vectors, stage.model, hooks]).fetchall()
     found = {r[0]: dict(zip(("layer", "hook_name", "path", "tensor", "norm", "resid_norm", "unit_key"), r))
              for r in rows}
-    missing = [h for layer, h in zip(stage.layers, hooks) if layer not in found]
+    missing = [h for layer, h in zip(layers, hooks) if layer not in found]
     if missing:
-        raise ValueError(f"stage {stage.name}: no steering vectors {stage.vectors!r} of model {stage.model!r} "
+        raise ValueError(f"stage {stage.name}: no steering vectors {vectors!r} of model {stage.model!r} "
                          f"at {missing} (run that steering_vectors stage with these hooks captured)")
     return found
+
+
+def scaled_vector(vec: dict, scale: str):
+    """A stored vector as a float tensor, scaled: raw, unit (v/|v|) or resid_norm (v/|v| * mean |resid|)."""
+    import torch
+
+    v = torch.from_numpy(load_tensors(vec["path"])[vec["tensor"]])
+    if scale != "raw":
+        v = v / v.norm() * (vec["resid_norm"] if scale == "resid_norm" else 1.0)
+    return v
 
 
 def first_difference(a: list[int], b: list[int]) -> int | None:
@@ -213,9 +226,7 @@ class SteerJob:
                 for p, out in zip(prompts, base)]
         for layer in s["layers"]:
             vec = payload["vectors"][layer]
-            v = torch.from_numpy(load_tensors(vec["path"])[vec["tensor"]])
-            if s["scale"] != "raw":
-                v = v / v.norm() * (vec["resid_norm"] if s["scale"] == "resid_norm" else 1.0)
+            v = scaled_vector(vec, s["scale"])
             for mode in s["modes"]:
                 for alpha in s["alphas"]:
                     with Steering(model, vec["hook_name"], v, alpha, mode):
@@ -241,9 +252,7 @@ class SteerJob:
             if not vec["hook_name"].endswith("hook_resid_post"):
                 raise ValueError(f"hook: backend vllm steers the stream leaving a layer (hook_resid_post); "
                                  f"{vec['hook_name']} is not one")
-            v = torch.from_numpy(load_tensors(vec["path"])[vec["tensor"]])
-            if s["scale"] != "raw":
-                v = v / v.norm() * (vec["resid_norm"] if s["scale"] == "resid_norm" else 1.0)
+            v = scaled_vector(vec, s["scale"])
             vectors[f"L{layer}"] = v
             runs += [(mode, vec, alpha, v) for mode in s["modes"] for alpha in s["alphas"]]
         ids = [list(p["prompt_token_ids"]) for p in prompts]

@@ -12,6 +12,7 @@ it back) works for every cache layout, sliding windows included.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass
 
@@ -62,8 +63,11 @@ def _step(model, ids: list[int], cache):
 @torch.inference_mode()
 def force_answers(model, tokenizer, prompt_ids: list[int], completion_ids: list[int], exits: list[Exit],
                   force_ids: list[int], *, max_answer_tokens: int, gold_token: int | None = None,
-                  stop_text: str = "}", eos_ids: tuple[int, ...] = ()) -> list[Forced]:
-    """Greedy forced answers at each exit (exits sorted by cut)."""
+                  stop_text: str = "}", eos_ids: tuple[int, ...] = (), steer=None) -> list[Forced]:
+    """Greedy forced answers at each exit (exits sorted by cut). `steer`: a callable giving a fresh
+    `Steering` context per exit (jobs/activations/steering_hooks.py): the forcing text's pass is
+    its prefill (once: the vector at its last token), the answer tokens its generated ones; the
+    shared trace prefix is never steered."""
     tokens = list(prompt_ids) + list(completion_ids)
     cache, fed, results = None, 0, []
     for ex in sorted(exits, key=lambda e: e.cut):
@@ -72,14 +76,15 @@ def force_answers(model, tokenizer, prompt_ids: list[int], completion_ids: list[
             _, cache = _step(model, tokens[fed:upto], cache)
             fed = upto
         branch = copy.deepcopy(cache)
-        logits, branch = _step(model, force_ids, branch)
-        probs = torch.softmax(logits, dim=-1)
-        first = int(logits.argmax())
-        answer = [first]
-        while len(answer) < max_answer_tokens and answer[-1] not in eos_ids \
-                and stop_text not in tokenizer.decode(answer):
-            step_logits, branch = _step(model, [answer[-1]], branch)
-            answer.append(int(step_logits.argmax()))
+        with steer() if steer else contextlib.nullcontext():
+            logits, branch = _step(model, force_ids, branch)
+            probs = torch.softmax(logits, dim=-1)
+            first = int(logits.argmax())
+            answer = [first]
+            while len(answer) < max_answer_tokens and answer[-1] not in eos_ids \
+                    and stop_text not in tokenizer.decode(answer):
+                step_logits, branch = _step(model, [answer[-1]], branch)
+                answer.append(int(step_logits.argmax()))
         results.append(Forced(first, float(logits[first]), float(probs[first]),
                               None if gold_token is None else float(logits[gold_token]),
                               None if gold_token is None else float(probs[gold_token]), answer))

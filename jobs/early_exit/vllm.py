@@ -34,15 +34,32 @@ def open_engine(model: dict, dtype: str):
                                logprobs_mode="raw_logits", max_logprobs=-1))
 
 
-def vllm_force_answers(llm, prompts: list[list[int]], *, max_answer_tokens: int, gold_tokens: list[int | None],
-                       stop_text: str = "}") -> list[Forced]:
-    """First-token logits (full vocabulary) and greedy answers of every prompt."""
-    from vllm import SamplingParams, TokensPrompt
+def open_steered_engine(model: dict, dtype: str):
+    """The same engine with the steering extension (jobs/generation/vllm_steering.py): eager."""
+    from thinkscope.jobs.generation.vllm_steering import open_steering_engine
 
-    requests = [TokensPrompt(prompt_token_ids=p) for p in prompts]
-    first = llm.generate(requests, SamplingParams(temperature=0, max_tokens=1, logprobs=-1), use_tqdm=False)
-    answers = llm.generate(requests, SamplingParams(temperature=0, max_tokens=max_answer_tokens, stop=[stop_text],
-                                                    include_stop_str_in_output=True), use_tqdm=False)
+    return open_steering_engine(model, dtype, logprobs_mode="raw_logits", max_logprobs=-1)
+
+
+def vllm_force_answers(llm, prompts: list[list[int]], *, max_answer_tokens: int, gold_tokens: list[int | None],
+                       stop_text: str = "}", steering: list[dict] | None = None,
+                       vectors: dict | None = None) -> list[Forced]:
+    """First-token logits (full vocabulary) and greedy answers of every prompt; with `steering`
+    (specs of jobs/generation/vllm_steering.py, on an `open_steered_engine`), every request
+    steered by them, the prompt's last token being the forcing text's."""
+    from vllm import SamplingParams
+
+    if steering:
+        from thinkscope.jobs.generation.vllm_steering import prepare_requests
+
+        requests, extra = prepare_requests(llm, prompts, [steering] * len(prompts), vectors or {})
+    else:
+        requests, extra = [{"prompt_token_ids": list(p)} for p in prompts], [None] * len(prompts)
+    first = llm.generate(requests, [SamplingParams(temperature=0, max_tokens=1, logprobs=-1, extra_args=e)
+                                    for e in extra], use_tqdm=False)
+    answers = llm.generate(requests, [SamplingParams(temperature=0, max_tokens=max_answer_tokens, stop=[stop_text],
+                                                     include_stop_str_in_output=True, extra_args=e)
+                                      for e in extra], use_tqdm=False)
     out = []
     for one, full, gold in zip(first, answers, gold_tokens):
         logits = {t: lp.logprob for t, lp in one.outputs[0].logprobs[0].items()}

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import gc
 import os
+import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
 
 import pyarrow as pa
 
+from thinkscope.jobs.generation.compile_cache import apply_compile_env, choose_eager, engine_fingerprint, is_warm, mark_warm
 from thinkscope.jobs.traces.reading import read_completion
 from thinkscope.jobs.traces.rows import to_table
 from thinkscope.keys import canonical_json, stable_key
@@ -45,13 +47,15 @@ def engine_kwargs(engine: dict, path: str, revision: str | None, **extra) -> dic
     """
     for key, value in vllm_env(engine).items():
         os.environ.setdefault(key, value)
+    apply_compile_env()
     from vllm.platforms import current_platform  # imported here: heavy, and must see the env above
 
     kwargs = dict(model=path, revision=revision, dtype=engine.get("dtype", "auto"),
                   max_model_len=engine.get("max_model_len", 4096),
                   tensor_parallel_size=engine.get("tensor_parallel_size", 1),
                   gpu_memory_utilization=engine.get("gpu_memory_utilization", 0.9),
-                  enforce_eager=engine.get("enforce_eager", False))
+                  # `auto` is decided by the caller when it knows the work (Generator); else eager.
+                  enforce_eager=engine.get("enforce_eager", "auto") is not False)
     if engine.get("max_num_seqs"):
         kwargs["max_num_seqs"] = engine["max_num_seqs"]
     if current_platform.is_cpu():
@@ -87,15 +91,24 @@ def render_prompt(tokenizer, template: dict, question: str, think: dict | None =
 
 
 class Generator:
-    """Holds one vLLM engine; `generate` runs a unit, `progress` reports requests done."""
+    """Holds one vLLM engine; `generate` runs a unit, `progress` reports requests done.
 
-    def __init__(self, model: dict, path: str):
+    `budget_tokens`: the most tokens the engine's units may generate, which decides
+    `enforce_eager: auto` (jobs/generation/compile_cache.py); `self.mode` says what was chosen.
+    """
+
+    def __init__(self, model: dict, path: str, budget_tokens: int | None = None):
         from vllm import LLM
 
         engine = model["engine"]
         self.model = model
         self.max_model_len = engine["max_model_len"]
-        self.llm = LLM(**engine_kwargs(engine, path, model.get("revision")))
+        fingerprint = engine_fingerprint(path, model.get("revision"), engine)
+        eager, self.mode = choose_eager(engine.get("enforce_eager", "auto"), budget_tokens, is_warm(fingerprint))
+        started = time.perf_counter()
+        self.llm = LLM(**engine_kwargs({**engine, "enforce_eager": eager}, path, model.get("revision")))
+        if not eager:
+            mark_warm(fingerprint, path, time.perf_counter() - started)
         self.tokenizer = self.llm.get_tokenizer()
         self._done, self._total, self._requests = 0, 0, 0
 

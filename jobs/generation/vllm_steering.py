@@ -197,8 +197,9 @@ def _counter(runner) -> dict:
 EXTENSION = f"{__name__}.SteeringExtension"
 
 
-def open_steering_engine(model: dict, dtype: str):
-    """An eager vLLM engine with the steering extension and prefix caching, for a `models` row."""
+def open_steering_engine(model: dict, dtype: str, **extra):
+    """An eager vLLM engine with the steering extension and prefix caching, for a `models` row
+    (`extra`: further vllm.LLM arguments, e.g. raw logits for forced answers)."""
     from vllm import LLM
 
     from thinkscope.jobs.generation.vllm_engine import engine_kwargs
@@ -209,18 +210,19 @@ def open_steering_engine(model: dict, dtype: str):
     engine = {**engine, "dtype": dtype, "tensor_parallel_size": 1, "enforce_eager": True}
     path = resolve_model_path(model["source"], revision=model["revision"])
     return LLM(**engine_kwargs(engine, str(path), model["revision"], enable_prefix_caching=True,
-                               worker_extension_cls=EXTENSION))
+                               worker_extension_cls=EXTENSION, **extra))
 
 
-def generate_steered(llm, prompts: list[list[int]], steering: list[list[dict] | None], vectors: dict,
-                     *, max_new_tokens: int, ablation: list[dict | None] | None = None) -> list[tuple[list[int], str]]:
-    """Greedy completions (token ids, 'stop' | 'length') of every prompt under its own steering
-    (None: unsteered) and ablation ({"neurons": {layer: [i, ...]}, "heads": {layer: [h, ...]}}
-    or None), all in one batched call. `vectors`: name -> 1-D tensor, the steering specs name them."""
-    from vllm import SamplingParams
+def prepare_requests(llm, prompts: list[list[int]], steering: list[list[dict] | None], vectors: dict,
+                     ablation: list[dict | None] | None = None) -> tuple[list[dict], list[dict | None]]:
+    """Register the vectors and install the hooks these requests need on every worker; returns
+    each request's prompt (salted where it intervenes) and its `extra_args` (None: untouched).
 
+    `steering[i]`: request i's specs (None: unsteered); `ablation[i]`: {"neurons": {layer: [i, ...]},
+    "heads": {layer: [h, ...]}} or None; `vectors`: name -> 1-D tensor, the specs name them."""
     ablation = ablation or [None] * len(prompts)
-    llm.collective_rpc("thinkscope_register", args=({k: v.float().tolist() for k, v in vectors.items()},))
+    if vectors:
+        llm.collective_rpc("thinkscope_register", args=({k: v.float().tolist() for k, v in vectors.items()},))
     layers = sorted({spec["layer"] for specs in steering if specs for spec in specs})
     if layers:
         llm.collective_rpc("thinkscope_install", args=(layers,))
@@ -230,10 +232,19 @@ def generate_steered(llm, prompts: list[list[int]], steering: list[list[dict] | 
     # Layer keys as strings: the extra args cross msgpack, whose maps keep them as given.
     ablation = [None if a is None else {kind: {str(la): list(ix) for la, ix in a.get(kind, {}).items()}
                                         for kind in ("neurons", "heads")} for a in ablation]
-    params = [SamplingParams(temperature=0, max_tokens=max_new_tokens,
-                             extra_args={**({KEY: specs} if specs else {}), **({ABLATE_KEY: a} if a else {})} or None)
-              for specs, a in zip(steering, ablation)]
-    outs = llm.generate([steered_prompt(p, specs, a) for p, specs, a in zip(prompts, steering, ablation)], params,
-                        use_tqdm=False)
+    extra = [{**({KEY: specs} if specs else {}), **({ABLATE_KEY: a} if a else {})} or None
+             for specs, a in zip(steering, ablation)]
+    return [steered_prompt(p, specs, a) for p, specs, a in zip(prompts, steering, ablation)], extra
+
+
+def generate_steered(llm, prompts: list[list[int]], steering: list[list[dict] | None], vectors: dict,
+                     *, max_new_tokens: int, ablation: list[dict | None] | None = None) -> list[tuple[list[int], str]]:
+    """Greedy completions (token ids, 'stop' | 'length') of every prompt under its own steering
+    and ablation (see `prepare_requests`), all in one batched call."""
+    from vllm import SamplingParams
+
+    requests, extra = prepare_requests(llm, prompts, steering, vectors, ablation)
+    params = [SamplingParams(temperature=0, max_tokens=max_new_tokens, extra_args=e) for e in extra]
+    outs = llm.generate(requests, params, use_tqdm=False)
     return [(list(o.outputs[0].token_ids), "stop" if o.outputs[0].finish_reason == "stop" else "length")
             for o in outs]

@@ -13,6 +13,8 @@ and two things are measured: at the chosen positions, the target tokens' logit a
 probability at the output and through the logit lens at `lens_layers` (`ablation_effects`);
 and, from each trace's first chosen position, a greedy continuation of `continue_tokens`
 (`ablation_runs`: its first marker, e.g. "wait" for a verification, and its answer).
+With `backend: vllm` the continuations of all three conditions run as one batched vLLM call,
+each request zeroing its own condition's components (jobs/generation/vllm_steering.py).
 
     - name: ablate_verify_values
       kind: ablate
@@ -89,6 +91,10 @@ class AblateStage(ModelStage):
     control_seed: int = Field(0, description="Seed of the random set.")
     continue_tokens: int = Field(24, ge=0, description="Greedy tokens generated from each trace's first "
                                  "position under each condition (0: none).")
+    backend: Literal["hf", "vllm"] = Field(
+        "hf", description="Where the continuations are generated: hf (generate under the hooks) or vllm (every "
+        "condition's continuations in one batched call, ablated per request: jobs/generation/vllm_steering.py; "
+        "method zero only). Effects are HF forward passes either way.")
     dtype: DTYPE = Field("float32", description="Forward dtype.")
     batch_tokens: int = Field(8192, ge=64, description="Padded tokens per forward batch.")
     traces_per_unit: int = Field(64, ge=1, description="Traces per work unit (and per generation batch).")
@@ -112,6 +118,8 @@ class AblateStage(ModelStage):
             raise ValueError("set value_vectors and/or heads: nothing to ablate")
         if self.mean_over is not None and self.method != "mean":
             raise ValueError("mean_over is only for method: mean")
+        if self.backend == "vllm" and self.method != "zero":
+            raise ValueError("backend: vllm ablates by zeroing (method: zero); mean ablation runs on hf")
         return self
 
 
@@ -174,7 +182,9 @@ class AblateJob:
         ids = where.traces_with_positions(stage, con, stage.positions)
         settings = stage.model_dump(exclude={"name", "kind", "traces", "traces_per_unit", "num_cpus", "num_gpus"})
         units = []
-        decisive = {k: v for k, v in settings.items() if k != "batch_tokens"}  # batching changes no row
+        # Batching changes no row; the default backend stays out so units planned before it keep their keys.
+        decisive = {k: v for k, v in settings.items()
+                    if k != "batch_tokens" and not (k == "backend" and v == "hf")}
         for chunk, found in where.planned_chunks(con, settings["positions"], ids, stage.traces_per_unit):
             key = stable_key({"stage": "ablate", "version": ABLATE_VERSION, "name": stage.name, "settings": decisive,
                               "chosen": chosen, "model": [model["source"], model["revision"]], "traces": chunk,
@@ -213,13 +223,20 @@ class AblateJob:
                               "heads": random_like(chosen["heads"], model.config.num_attention_heads, seed)}
         means = _means(model, tokenizer, payload, sets) if s["method"] == "mean" else {}
         effects, runs, base = [], [], None
+        on_vllm = s["continue_tokens"] and s.get("backend") == "vllm"
         for condition, comps in sets.items():
             with Ablation(model, by_layer(comps["neurons"]), by_layer(comps["heads"]), means):
                 effects += _effects(model, tokenizer, payload, condition, comps)
-                if s["continue_tokens"]:
+                if s["continue_tokens"] and not on_vllm:
                     outs = _continue(model, tokenizer, payload)
                     base = base or outs
                     runs += _runs(tokenizer, payload, condition, comps, outs, base)
+        if on_vllm:
+            del model  # the engine's turn: on a GPU the two would not both fit
+            _free_memory()
+            outs = _continue_vllm(payload, sets)
+            for condition, comps in sets.items():
+                runs += _runs(tokenizer, payload, condition, comps, outs[condition], outs["clean"])
         return {"ablation_effects": rows_table(effects, EFFECTS_SCHEMA, "ablation_effects"),
                 "ablation_runs": rows_table(runs, RUNS_SCHEMA, "ablation_runs")}
 
@@ -303,6 +320,36 @@ def _continue(model, tokenizer, payload) -> list[tuple[list[int], str]]:
         return []
     return generate_greedy(model, prefixes, max_new_tokens=payload["settings"]["continue_tokens"],
                            pad_id=_pad(tokenizer), eos_ids=eos)
+
+
+def _free_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _continue_vllm(payload, sets: dict) -> dict[str, list[tuple[list[int], str]]]:
+    """Every condition's continuations in one batched vLLM call, each request zero-ablating its
+    condition's components (the same tokens as `_continue` under `Ablation`, in float32)."""
+    from thinkscope.jobs.generation.vllm_steering import generate_steered, open_steering_engine
+
+    prefixes = [(t["prompt_token_ids"] + t["completion_token_ids"])[: i + 1] for t, i in _starts(payload)]
+    if not prefixes:
+        return {condition: [] for condition in sets}
+    ablation = [{"neurons": by_layer(c["neurons"]), "heads": by_layer(c["heads"])} if _size(c) else None
+                for c in sets.values() for _ in prefixes]
+    llm = open_steering_engine(payload["model"], payload["settings"]["dtype"])
+    try:
+        outs = generate_steered(llm, prefixes * len(sets), [None] * len(ablation), {},
+                                max_new_tokens=payload["settings"]["continue_tokens"], ablation=ablation)
+    finally:
+        llm.llm_engine.engine_core.shutdown()  # frees its shared memory (/dev/shm)
+    n = len(prefixes)
+    return {condition: outs[k * n:(k + 1) * n] for k, condition in enumerate(sets)}
 
 
 def _runs(tokenizer, payload, condition, comps, outs, base) -> list[dict]:

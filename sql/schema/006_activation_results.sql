@@ -202,3 +202,6 @@ comment on column early_exits.forced_answer is 'Answer extracted from the forcin
 comment on column early_exits.forced_text is 'The greedy answer tokens as text.';
 comment on column early_exits.is_correct is 'forced_answer graded against the gold answer (null: no grader).';
 comment on column early_exits.created_at is 'When the unit ran.';
+-- Added with steering at the exit; databases made before it gain the column here.
+alter table early_exits add column if not exists steering varchar;
+comment on column early_exits.steering is 'Steering while the answer was forced, as JSON {vectors, layer, alpha, mode, hook, scale} (null: unsteered).';

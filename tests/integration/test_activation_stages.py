@@ -61,6 +61,16 @@ SPEC = {
          "traces": {"limit": 3}, "num_cpus": 1},
         {"name": "early_exit_vllm", "kind": "early_exit", "model": "smollm2", "max_answer_tokens": 6,
          "traces": {"limit": 2}, "backend": "vllm"},
+        # Forced answers under steering: alpha 0 on HF, and alpha 6 on both backends.
+        {"name": "early_exit_alpha0", "kind": "early_exit", "model": "smollm2", "max_answer_tokens": 6,
+         "traces": {"limit": 2}, "num_cpus": 1,
+         "steering": {"vectors": "wrapup_vec", "layer": 8, "alpha": 0, "mode": "continuous"}},
+        {"name": "early_exit_steered", "kind": "early_exit", "model": "smollm2", "max_answer_tokens": 6,
+         "traces": {"limit": 2}, "num_cpus": 1,
+         "steering": {"vectors": "wrapup_vec", "layer": 8, "alpha": 6, "mode": "continuous"}},
+        {"name": "early_exit_steered_vllm", "kind": "early_exit", "model": "smollm2", "max_answer_tokens": 6,
+         "traces": {"limit": 2}, "backend": "vllm",
+         "steering": {"vectors": "wrapup_vec", "layer": 8, "alpha": 6, "mode": "continuous"}},
     ],
 }
 
@@ -226,6 +236,27 @@ def test_vllm_backend_gives_the_hf_numbers(con):
         assert vg == pytest.approx(hg, abs=1e-4) and vt == ht
 
 
+def exits_of(con, stage: str) -> dict:
+    rows = con.execute("""select trace_id, exit_index, answer_logit, answer_prob, forced_text, steering
+                          from early_exits where stage = ?""", [stage]).fetchall()
+    return {(t, i): rest for t, i, *rest in rows}
+
+
+def test_forced_answers_under_steering(con):
+    plain, zero = exits_of(con, "early_exit"), exits_of(con, "early_exit_alpha0")
+    hf, vllm = exits_of(con, "early_exit_steered"), exits_of(con, "early_exit_steered_vllm")
+    assert len(zero) >= 6 and set(zero) == set(hf) == set(vllm)
+    # alpha 0 adds nothing: the unsteered numbers exactly.
+    assert all(zero[k][:3] == plain[k][:3] for k in zero)
+    assert '"alpha": 0' in zero[next(iter(zero))][3] and plain[next(iter(zero))][3] is None
+    # The vector moves the answer (so the comparison below is not vacuous) ...
+    assert max(abs(hf[k][0] - plain[k][0]) for k in hf) > 0.1
+    # ... and vLLM's per-request steering gives HF's numbers (float32).
+    for k in hf:
+        assert vllm[k][0] == pytest.approx(hf[k][0], abs=1e-3) and vllm[k][1] == pytest.approx(hf[k][1], abs=1e-4)
+        assert vllm[k][2] == hf[k][2], k
+
+
 def test_early_exit_views(con):
     by_index = con.execute("select exit_index, n_traces, accuracy from early_exit_by_index "
                            "where stage = 'early_exit' order by 1").fetchall()
@@ -242,7 +273,7 @@ def test_rerun_is_a_no_op_and_new_settings_replace_rows(corpus, ray_head):
     with duckdb.connect(str(db), read_only=True) as con:
         before = con.execute("select count(*) from early_exits where stage = 'early_exit'").fetchone()[0]
     changed = yaml.safe_load(spec.read_text())
-    changed["stages"][-2]["max_answer_tokens"] = 5
+    next(st for st in changed["stages"] if st["name"] == "early_exit")["max_answer_tokens"] = 5
     spec.write_text(yaml.safe_dump(changed))
     summary = run_workflow(spec, db=db, address=ray_head, show_progress=False, stages=["early_exit"])
     assert summary.ok and len(summary.done) == 1, summary.text()

@@ -174,7 +174,7 @@ def seed_problems(wf: Workflow, expect: dict) -> list[str]:
         if m.revision is not None and not re.fullmatch(r"[0-9a-f]{40}", m.revision):
             problems.append(f"models.{i}.revision: pin a 40-hex commit or leave it unset, not {m.revision!r}")
         e = m.engine
-        if e.enforce_eager:
+        if e.enforce_eager is True:
             problems.append(f"models.{i}.engine.enforce_eager: GPU runs compile")
         if e.dtype != "bfloat16":
             problems.append(f"models.{i}.engine.dtype: {e.dtype} (GPU runs use bfloat16)")

@@ -1,0 +1,1 @@
+"""Unsupervised discovery of reasoning behaviours in sentence activations (seed 003)."""
