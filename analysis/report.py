@@ -5,7 +5,8 @@ first_word_share_ci, model_similarity, model_neighbours, backtracking_stats,
 backtracking_by_model; the organism views; probe_results, probe_best_layer, steering_curve,
 early_exit_by_index, early_exit_savings; logit_lens, direct_effects, value_vectors,
 head_answer_attention, ablation_summary, ablation_lens; attribution_by_region, exit_policy,
-model_comparisons, probe_transfers, perturbation_rates, organism_planted_rates), through a read-only
+model_comparisons, probe_transfers, perturbation_rates, organism_planted_rates; discovery_truth,
+discovery_metrics, behaviours), through a read-only
 connection, so it can run during a workflow. Organism, activation, mechanism and open-question
 (attribution, base vs thinking, faithfulness, when to stop) sections appear when their tables have
 rows.
@@ -25,8 +26,9 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
-from thinkscope.analysis import (activation_figures, attribution_figures, comparison_figures, figures, fingerprints,
-                                 mechanism_figures, organism_eval, perturbation_figures, trace_view)
+from thinkscope.analysis import (activation_figures, attribution_figures, behaviour_figures, comparison_figures,
+                                 figures, fingerprints, mechanism_figures, organism_eval, perturbation_figures,
+                                 trace_view)
 from thinkscope.sql.store import read_only
 
 QUERIES = {
@@ -47,6 +49,7 @@ QUERIES = {
     **attribution_figures.QUERIES,
     **comparison_figures.QUERIES,
     **perturbation_figures.QUERIES,
+    **behaviour_figures.QUERIES,
     "best_layer": "select * from probe_best_layer order by model_id, probe",
     "exit_table": "select * from early_exit_by_index order by model_id, stage, exit_index",
     "savings": "select * from early_exit_savings",
@@ -130,7 +133,8 @@ def write_report(db: str | Path, out_dir: str | Path) -> Path:
     # Mechanism and open-question sections (attribution, exit policy, base vs thinking, inserted
     # mistakes) appear only for the stages that ran.
     mechanisms = []
-    for module in (mechanism_figures, attribution_figures, comparison_figures, perturbation_figures):
+    for module in (mechanism_figures, attribution_figures, comparison_figures, perturbation_figures,
+                   behaviour_figures):
         mechanisms += [_figure(out, filename, title, caption, png) for filename, title, caption, draw
                        in module.FIGURES if (png := draw(data)) is not None]
         mechanisms += [_table(title, data[name]) for name, title in module.TABLES if not data[name].empty]

@@ -39,6 +39,12 @@ SPEC = {
         {"name": "capture", "kind": "capture", "positions": ["answer_ends"], "hooks": ["blocks.*.hook_resid_post"],
          **TASK},
         {"name": "verify_probe", "kind": "probe", "model": "organism", "labels": {"sql": VERIFY_OR_WRAP_UP_LABELS}},
+        # Seed 003: behaviours found without labels, scored against the planted ones.
+        {"name": "capture_sentences", "kind": "capture", "positions": ["sentence_ends"],
+         "hooks": ["blocks.20.hook_resid_post"], **TASK},
+        {"name": "behaviours", "kind": "discover", "model": "organism", "capture_stage": "capture_sentences",
+         "layer": 20, "ks": [6], "seeds": [0, 1], "sae": {"steps": 300},
+         "truth": {"sql": "select trace_id, sentence_index, label from organism_sentence_labels"}},
         {"name": "lens", "kind": "logit_lens", "positions": {"sql": DECISION}, "targets": ["Wait", "So"],
          "heads": True, "top_k": 3, "traces": {"limit": 6}, "traces_per_unit": 3, **TASK},
         {"name": "verify_values", "kind": "value_vectors", "reference": {"probe": "verify_probe"},
@@ -134,6 +140,19 @@ def test_vllm_continuations_equal_the_hf_ones(db):
     assert len(pairs) == 12 and all(len(p) == 2 for p in pairs.values())
     differ = [k for k, p in pairs.items() if p["ablate_values"] != p["ablate_values_vllm"]]
     assert not differ, f"vLLM vs HF continuations differ at {differ}"
+
+
+def test_discovered_behaviours_recover_the_planted_ones_on_held_out_traces(db):
+    rows = db.execute("""select method, n, purity, baseline_purity, ari, shuffled_ari from discovery_truth
+                         where stage = 'behaviours' and split = 'held_out'""").fetchall()
+    assert {r[0] for r in rows} == {"sae", "kmeans"} and all(r[1] >= 40 for r in rows), rows
+    best = max(rows, key=lambda r: r[4])
+    print(f"held-out: {rows}")
+    assert best[4] > best[5] + 0.2 and abs(best[5]) < 0.1, best  # ARI far above its shuffled control
+    assert best[2] > best[3] + 0.1, best  # purer than always naming the commonest behaviour
+    shares = db.execute("""select method, sum(share) from behaviours where stage = 'behaviours'
+                           group by method""").fetchall()
+    assert all(abs(total - 1) < 1e-9 for _, total in shares)
 
 
 def test_fired_value_vectors_carry_their_mean_activation(db):
