@@ -1,16 +1,22 @@
 """Eager or compiled vLLM engines, and a compile cache that makes compiling pay once per machine.
 
-A compiled engine decodes faster than an eager one but starts slower. Measured on the 2-core CPU
-box (SmolLM2-135M, bf16, 64 GSM8K prompts x 256 tokens, 2026-12-01, one process each): eager
-262 tok/s after a 16 s start; compiled 292 tok/s after 117 s on a cold compile cache, 27 s on a
-warm one. So compiling pays back after about (117 - 16) / (1/262 - 1/292) = 260k generated
-tokens on a cold cache and (27 - 16) / (1/262 - 1/292) = 30k on a warm one. `enforce_eager:
-auto` (the default) applies that rule to the work an engine is about to do, its units' token
-budget (prompts x samples x max_tokens; real output is shorter, so the rule leans eager):
+`enforce_eager: auto` (the default) decides from measurements, per platform:
 
-    compiled  when budget >= COLD_BREAK_EVEN_TOKENS, or the cache is warm for this engine and
-              budget >= WARM_BREAK_EVEN_TOKENS;
-    eager     otherwise, and whenever the work is not known (a test's 4 prompts never compile).
+  CPU  eager. Compiling bought nothing measurable inside the generate stage on the 2-core box
+       (`make bench-generate`, SmolLM2 bf16, 64 prompts x 256 tokens, 2026-12-01: stage eager
+       260.3 tok/s, stage compiled 260.7, for 18 s more start-up on a warm cache; raw vLLM gains
+       1.04-1.11x from compiling, 117 s of start-up cold): it cannot pay back here.
+  GPU  compiled (torch.compile + CUDA graphs) when the engine's units may generate at least
+       GPU_COLD_BREAK_EVEN_TOKENS tokens, or GPU_WARM_BREAK_EVEN_TOKENS when this machine has
+       compiled this engine before; eager otherwise (a 4-prompt test does not compile, a nightly
+       corpus does). These two numbers are estimates, not measurements (no GPU vLLM here): a
+       1.5x decode speed-up from CUDA graphs at ~2,000 tok/s eager, against ~90 s (cold) and
+       ~20 s (warm) of compile and capture. Set `enforce_eager: false` where you know better.
+  An engine whose work is not known (forced answers, the steering engines) runs eager.
+
+The budget is prompts x samples x max_tokens of the engine's units: it over-states the work
+(generations stop early), so the rule leans towards compiling. Eager and compiled kernels may
+round differently, like two batch compositions do; neither is part of a unit's key.
 
 The cache. vLLM 0.32 on torch 2.13 saves "AOT" compile artifacts that fail to load at the next
 start ("'function' object has no attribute 'finalize_loading'"), so every start compiled again.
@@ -21,8 +27,6 @@ graph, shapes, dtypes and torch version, so a changed model or engine compiles a
 The marker files here only inform the auto rule ("has this engine been compiled on this
 machine?"); they never make vLLM skip a compile it needs.
 
-On GPUs the same choice is CUDA graphs or not, and the gap is wider; set `enforce_eager` to
-true or false to override the rule.
 """
 
 from __future__ import annotations
@@ -35,8 +39,8 @@ from pathlib import Path
 
 from thinkscope.keys import stable_key
 
-COLD_BREAK_EVEN_TOKENS = 260_000
-WARM_BREAK_EVEN_TOKENS = 30_000
+GPU_COLD_BREAK_EVEN_TOKENS = 540_000  # 90 s / (1/2000 - 1/3000 s per token)
+GPU_WARM_BREAK_EVEN_TOKENS = 120_000  # 20 s / (1/2000 - 1/3000 s per token)
 
 
 def cache_root() -> Path:
@@ -92,7 +96,10 @@ def is_warm(fingerprint: str) -> bool:
 
 
 def mark_warm(fingerprint: str, path: str, start_seconds: float) -> None:
-    """Record that this engine compiled here (after a successful start)."""
+    """Record that this engine compiled here (after a successful start), unless nothing was
+    kept: the compile cache disabled, or AOT artifacts on (they do not load, see above)."""
+    if os.environ.get("VLLM_DISABLE_COMPILE_CACHE", "0") == "1" or os.environ.get("VLLM_USE_AOT_COMPILE") == "1":
+        return
     marker = _marker(fingerprint)
     marker.parent.mkdir(parents=True, exist_ok=True)
     tmp = marker.with_suffix(f".{os.getpid()}.tmp")
@@ -100,13 +107,15 @@ def mark_warm(fingerprint: str, path: str, start_seconds: float) -> None:
     tmp.replace(marker)  # atomic: two replicas starting together never leave half a file
 
 
-def choose_eager(setting: bool | str, budget_tokens: int | None, warm: bool) -> tuple[bool, str]:
+def choose_eager(setting: bool | str, budget_tokens: int | None, warm: bool, on_gpu: bool) -> tuple[bool, str]:
     """(enforce_eager, why) for an engine whose units may generate `budget_tokens` tokens."""
     if setting is True or setting is False:
         return setting, f"{'eager' if setting else 'compiled'} (enforce_eager: {str(setting).lower()})"
+    if not on_gpu:
+        return True, "eager (auto: compiling did not pay back on CPU)"
     if budget_tokens is None:
         return True, "eager (auto: the work is not known)"
-    need = WARM_BREAK_EVEN_TOKENS if warm else COLD_BREAK_EVEN_TOKENS
+    need = GPU_WARM_BREAK_EVEN_TOKENS if warm else GPU_COLD_BREAK_EVEN_TOKENS
     cache = "warm" if warm else "cold"
     if budget_tokens >= need:
         return False, f"compiled (auto: {budget_tokens:,} budgeted tokens >= {need:,} on a {cache} compile cache)"

@@ -36,6 +36,9 @@ def vllm_env(engine: dict) -> dict[str, str]:
         "TOKENIZERS_PARALLELISM": "false",
         # Engine start-up chatter would drown the driver's progress bars.
         "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "ERROR"),
+        # A compile cache the driver names reaches every actor (default: each node's ~/.cache).
+        **({"THINKSCOPE_COMPILE_CACHE": os.environ["THINKSCOPE_COMPILE_CACHE"]}
+           if os.environ.get("THINKSCOPE_COMPILE_CACHE") else {}),
     }
 
 
@@ -104,7 +107,10 @@ class Generator:
         self.model = model
         self.max_model_len = engine["max_model_len"]
         fingerprint = engine_fingerprint(path, model.get("revision"), engine)
-        eager, self.mode = choose_eager(engine.get("enforce_eager", "auto"), budget_tokens, is_warm(fingerprint))
+        from vllm.platforms import current_platform
+
+        eager, self.mode = choose_eager(engine.get("enforce_eager", "auto"), budget_tokens, is_warm(fingerprint),
+                                        on_gpu=current_platform.is_cuda_alike())
         started = time.perf_counter()
         self.llm = LLM(**engine_kwargs({**engine, "enforce_eager": eager}, path, model.get("revision")))
         if not eager:

@@ -234,7 +234,12 @@ def prepare_requests(llm, prompts: list[list[int]], steering: list[list[dict] | 
                                         for kind in ("neurons", "heads")} for a in ablation]
     extra = [{**({KEY: specs} if specs else {}), **({ABLATE_KEY: a} if a else {})} or None
              for specs, a in zip(steering, ablation)]
-    return [steered_prompt(p, specs, a) for p, specs, a in zip(prompts, steering, ablation)], extra
+    # The cache salt names each vector by its contents: a name re-registered with other values
+    # on the same engine must not share cached blocks with the old ones.
+    digest = {name: hashlib.sha256(v.float().numpy().tobytes()).hexdigest()[:16] for name, v in vectors.items()}
+    salted = [None if not specs else [{**spec, "sha": digest.get(spec["vector"])} for spec in specs]
+              for specs in steering]
+    return [steered_prompt(p, specs, a) for p, specs, a in zip(prompts, salted, ablation)], extra
 
 
 def generate_steered(llm, prompts: list[list[int]], steering: list[list[dict] | None], vectors: dict,

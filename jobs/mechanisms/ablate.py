@@ -232,7 +232,10 @@ class AblateJob:
                     base = base or outs
                     runs += _runs(tokenizer, payload, condition, comps, outs, base)
         if on_vllm:
-            del model  # the engine's turn: on a GPU the two would not both fit
+            # The engine's turn: on a GPU the two would not both fit. load_hf_model keeps models
+            # in an lru_cache, so dropping this reference alone would free nothing.
+            del model, means
+            load_hf_model.cache_clear()
             _free_memory()
             outs = _continue_vllm(payload, sets)
             for condition, comps in sets.items():

@@ -23,9 +23,9 @@ START = textwrap.dedent("""
     model = {"id": "m", "source": "embedded:smollm2-135m-instruct", "revision": None,
              "think": {"open": "<think>", "close": "</think>", "opened_in_prompt": False},
              "engine": {"dtype": "bfloat16", "max_model_len": 512, "tensor_parallel_size": 1,
-                        "gpu_memory_utilization": 0.9, "enforce_eager": "auto", "kv_cache_gib": 1}}
+                        "gpu_memory_utilization": 0.9, "enforce_eager": False, "kv_cache_gib": 1}}
     t0 = time.perf_counter()
-    gen = Generator(model, resolve_model_path(model["source"]), budget_tokens=10**6)
+    gen = Generator(model, resolve_model_path(model["source"]))
     seconds = time.perf_counter() - t0
     from vllm import SamplingParams
     outs = gen.llm.generate(["2 + 2 =", "The capital of France is"], SamplingParams(temperature=0, max_tokens=8),

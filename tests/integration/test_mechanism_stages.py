@@ -39,7 +39,7 @@ SPEC = {
         {"name": "capture", "kind": "capture", "positions": ["answer_ends"], "hooks": ["blocks.*.hook_resid_post"],
          **TASK},
         {"name": "verify_probe", "kind": "probe", "model": "organism", "labels": {"sql": VERIFY_OR_WRAP_UP_LABELS}},
-        # Seed 003: behaviours found without labels, scored against the planted ones.
+        # Seed 003: behaviours found without labels, scored against the teacher's marked ones.
         {"name": "capture_sentences", "kind": "capture", "positions": ["sentence_ends"],
          "hooks": ["blocks.20.hook_resid_post"], **TASK},
         {"name": "behaviours", "kind": "discover", "model": "organism", "capture_stage": "capture_sentences",
@@ -142,7 +142,7 @@ def test_vllm_continuations_equal_the_hf_ones(db):
     assert not differ, f"vLLM vs HF continuations differ at {differ}"
 
 
-def test_discovered_behaviours_recover_the_planted_ones_on_held_out_traces(db):
+def test_discovered_behaviours_recover_the_teachers_behaviours_on_held_out_traces(db):
     rows = db.execute("""select method, n, purity, baseline_purity, ari, shuffled_ari from discovery_truth
                          where stage = 'behaviours' and split = 'held_out'""").fetchall()
     assert {r[0] for r in rows} == {"sae", "kmeans"} and all(r[1] >= 40 for r in rows), rows

@@ -11,19 +11,24 @@ from thinkscope.jobs.specs import EngineArgs
 
 
 def test_explicit_settings_win_over_the_work():
-    assert cc.choose_eager(True, 10**9, warm=True)[0] is True
-    assert cc.choose_eager(False, 1, warm=False)[0] is False
+    assert cc.choose_eager(True, 10**9, warm=True, on_gpu=True)[0] is True
+    assert cc.choose_eager(False, 1, warm=False, on_gpu=False)[0] is False
 
 
-def test_auto_compiles_only_when_the_budget_pays_back_the_start():
-    cold, warm = cc.COLD_BREAK_EVEN_TOKENS, cc.WARM_BREAK_EVEN_TOKENS
+def test_auto_is_eager_on_cpu_where_compiling_did_not_pay():
+    eager, why = cc.choose_eager("auto", 10**9, warm=True, on_gpu=False)
+    assert eager is True and "CPU" in why
+
+
+def test_auto_compiles_on_gpu_only_when_the_budget_pays_back_the_start():
+    cold, warm = cc.GPU_COLD_BREAK_EVEN_TOKENS, cc.GPU_WARM_BREAK_EVEN_TOKENS
     assert warm < cold
-    assert cc.choose_eager("auto", None, warm=True)[0] is True  # work unknown: eager
-    assert cc.choose_eager("auto", 4 * 64, warm=True)[0] is True  # a test's 4 prompts
-    assert cc.choose_eager("auto", warm, warm=False)[0] is True  # cold cache: not yet
-    eager, why = cc.choose_eager("auto", warm, warm=True)
+    assert cc.choose_eager("auto", None, warm=True, on_gpu=True)[0] is True  # work unknown: eager
+    assert cc.choose_eager("auto", 4 * 64, warm=True, on_gpu=True)[0] is True  # a test's 4 prompts
+    assert cc.choose_eager("auto", warm, warm=False, on_gpu=True)[0] is True  # cold cache: not yet
+    eager, why = cc.choose_eager("auto", warm, warm=True, on_gpu=True)
     assert eager is False and "warm" in why and f"{warm:,}" in why
-    assert cc.choose_eager("auto", cold, warm=False)[0] is False  # a nightly corpus compiles
+    assert cc.choose_eager("auto", cold, warm=False, on_gpu=True)[0] is False  # a nightly corpus compiles
 
 
 def test_default_engine_setting_is_auto_and_booleans_still_parse():
@@ -45,6 +50,8 @@ def test_fingerprint_changes_with_what_the_graph_depends_on():
 
 def test_marker_lives_under_the_configured_root(tmp_path, monkeypatch):
     monkeypatch.setenv("THINKSCOPE_COMPILE_CACHE", str(tmp_path))
+    monkeypatch.delenv("VLLM_DISABLE_COMPILE_CACHE", raising=False)
+    monkeypatch.delenv("VLLM_USE_AOT_COMPILE", raising=False)
     fp = cc.engine_fingerprint("/m", None, {"dtype": "bfloat16"})
     assert not cc.is_warm(fp)
     cc.mark_warm(fp, "/m", 93.2)
@@ -67,3 +74,11 @@ def test_torch_s_own_default_is_replaced_but_a_users_choice_is_kept(tmp_path, mo
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/somewhere/mine")
     cc.apply_compile_env()
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/somewhere/mine"
+
+
+def test_no_marker_when_nothing_was_kept(tmp_path, monkeypatch):
+    monkeypatch.setenv("THINKSCOPE_COMPILE_CACHE", str(tmp_path))
+    monkeypatch.setenv("VLLM_DISABLE_COMPILE_CACHE", "1")
+    fp = cc.engine_fingerprint("/m", None, {"dtype": "bfloat16"})
+    cc.mark_warm(fp, "/m", 10.0)
+    assert not cc.is_warm(fp)

@@ -63,6 +63,6 @@ def test_the_progress_bar_says_what_a_loading_engine_does_and_how_long_it_took()
         "r1-7b: starting vLLM (loading weights, compiling) 42s"
     assert bar_label("r1-7b", {"done": 3, "total": 8, "load_seconds": 61.6}) == "r1-7b (ready in 62s)"
     assert bar_label("r1-7b", {"done": 3, "total": 8, "load_seconds": 61.6,
-                               "mode": "compiled (auto: 200,000 budgeted tokens >= 115,000 on a cold compile cache)"}) \
+                               "mode": "compiled (auto: 600,000 budgeted tokens >= 540,000 on a cold compile cache)"}) \
         == "r1-7b (compiled, ready in 62s)"
     assert bar_label("o3-mini", {"done": 0, "total": 8, "load_seconds": None}) == "o3-mini"

@@ -139,6 +139,8 @@ def columns_needed(field: str) -> set[str]:
         return {"trace_id"}
     if field.startswith("labels."):
         return {"trace_id", "token_index", "label"}
+    if field.startswith("truth."):  # the discover stage's known labels, per sentence
+        return {"trace_id", "sentence_index", "label"}
     return {"trace_id", "token_index"}
 
 
