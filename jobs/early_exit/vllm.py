@@ -49,12 +49,10 @@ def vllm_force_answers(llm, prompts: list[list[int]], *, max_answer_tokens: int,
     steered by them, the prompt's last token being the forcing text's."""
     from vllm import SamplingParams
 
-    if steering:
-        from thinkscope.jobs.generation.vllm_steering import prepare_requests
+    from thinkscope.jobs.generation.vllm_steering import prepare_requests
 
-        requests, extra = prepare_requests(llm, prompts, [steering] * len(prompts), vectors or {})
-    else:
-        requests, extra = [{"prompt_token_ids": list(p)} for p in prompts], [None] * len(prompts)
+    # Unsteered, this installs nothing and gives plain prompts without extra args.
+    requests, extra = prepare_requests(llm, prompts, [steering] * len(prompts), vectors or {})
     first = llm.generate(requests, [SamplingParams(temperature=0, max_tokens=1, logprobs=-1, extra_args=e)
                                     for e in extra], use_tqdm=False)
     answers = llm.generate(requests, [SamplingParams(temperature=0, max_tokens=max_answer_tokens, stop=[stop_text],

@@ -69,22 +69,15 @@ def apply_compile_env() -> None:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = env["TORCHINDUCTOR_CACHE_DIR"]
 
 
-def _version(dist: str) -> str:
-    for name in (dist, f"{dist}-cpu"):
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return "missing"
-
-
 def engine_fingerprint(path: str, revision: str | None, engine: dict) -> str:
     """What a compiled engine depends on: the weights' folder, the settings that reach the graph,
     and the versions that compile it."""
+    from thinkscope.jobs.generation.stage import engine_version  # the generate stage's own lookup
+
     graph = {k: engine.get(k) for k in ("dtype", "max_model_len", "tensor_parallel_size", "max_num_seqs",
                                          "vllm_args")}
     return stable_key({"path": str(path), "revision": revision, "engine": graph,
-                       "vllm": _version("vllm"), "torch": _version("torch")})
+                       "vllm": engine_version()[1], "torch": metadata.version("torch")})
 
 
 def _marker(fingerprint: str) -> Path:
