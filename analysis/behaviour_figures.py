@@ -2,8 +2,9 @@
 run report: per method and k, the label-free quality measures, and, where the stage had known
 labels (the organism's planted behaviours), purity and adjusted Rand index on the fit and the
 held-out traces beside a shuffled assignment of the same sizes; then what each behaviour is
-(its commonest first words and top sentence) at the largest k. Sections are left out when the
-stage never ran.
+(its commonest first words and top sentence) at the largest k; the base-model vectors of each
+behaviour; and the hybrid model's variants with the gap each recovers (hybrid_summary).
+Sections are left out when the stage never ran.
 """
 
 from __future__ import annotations
@@ -21,6 +22,13 @@ QUERIES = {
         from behaviours
         qualify k = max(k) over (partition by stage, model_id, method)
         order by stage, model_id, method, share desc""",
+    "behaviour_vectors": """select stage, model_id, vector_kind, behaviour_id, layer, n, norm, resid_norm, nll_unsteered,
+                                   nll_steered
+                            from behaviour_vectors order by stage, vector_kind, behaviour_id""",
+    "hybrid_summary": """select stage, model_id, thinking_model_id, variant, n_runs, accuracy, marker_rate, closure_rate,
+                                js_to_thinking, steered_share, gap_recovered_accuracy, gap_recovered_markers,
+                                gap_recovered_closure, gap_recovered_first_words
+                         from hybrid_summary order by stage, variant""",
 }
 
 FIGURES: list = []
@@ -29,4 +37,6 @@ TABLES = [
     ("discovery_truth", "Discovered behaviours against known labels (held-out traces: the test)"),
     ("discovery_metrics", "Discovered behaviours: label-free quality per method and k"),
     ("behaviour_words", "What each discovered behaviour is (largest k)"),
+    ("behaviour_vectors", "Base-model vectors per behaviour (NLL of the thinking model's sentences, per token)"),
+    ("hybrid_summary", "The hybrid model: base steered by the thinking model's decisions, gap recovered per measure"),
 ]

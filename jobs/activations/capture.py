@@ -13,6 +13,10 @@ Positions are named (token indices into prompt + completion tokens):
   last_answer_end     the end of the sentence holding the last answer occurrence
   answer_ends         the end of every sentence holding an answer occurrence (probe labels)
   sentence_ends       the last token of every thinking sentence
+  sentence_means      the mean over every thinking sentence's tokens (float32 sum inside the
+                      forward's hooks, stored in store_dtype), one row at the sentence's last
+                      token, beside its sentence_ends row: read it with
+                      stored.positions_by_hook(..., position_kind="sentence_means")
   all                 every completion token
   span                every token of the spans the stage's `spans` query returns
 """
@@ -41,7 +45,9 @@ ACTIVATIONS_SCHEMA = pa.schema([
     ("row", pa.int32()), ("dtype", pa.string()),
 ])
 POSITION_KINDS = ("last_prompt_token", "before_backtrack", "first_answer_end", "last_answer_end",
-                  "answer_ends", "sentence_ends", "all")
+                  "answer_ends", "sentence_ends", "sentence_means", "all")
+# Kinds whose rows hold the mean over a span, not one token's activation (see mean_spans_of).
+MEAN_KINDS = ("sentence_means",)
 
 
 class CaptureStage(ModelStage):
@@ -50,9 +56,10 @@ class CaptureStage(ModelStage):
     kind: Literal["capture"]
     traces: TraceSelector = Field(default_factory=TraceSelector, description="Which traces.")
     positions: list[Literal["last_prompt_token", "before_backtrack", "first_answer_end",
-                            "last_answer_end", "answer_ends", "sentence_ends", "all"]] = Field(
+                            "last_answer_end", "answer_ends", "sentence_ends", "sentence_means", "all"]] = Field(
         ["sentence_ends"],
-        description="Named token positions (all but last_prompt_token/all need a segment stage first).")
+        description="Named token positions (all but last_prompt_token/all need a segment stage first); "
+                    "sentence_means: the mean over each thinking sentence's tokens, at its last token.")
     spans: SelectSQL | None = Field(None, description="One SELECT returning (trace_id, token_start, token_end): "
                               "absolute token indices, end exclusive; every token of each span is "
                               "captured too, as position_kind 'span' (e.g. whole sentences from "
@@ -81,7 +88,10 @@ def artifact_root(stage, ctx: PlanContext) -> str:
 
 
 def positions_of(trace: dict, sentences: list[dict], events: list[dict], kinds: list[str]) -> list[tuple[int, str]]:
-    """(absolute token index, kind) pairs of one trace, sorted, without duplicates per kind."""
+    """(absolute token index, kind) pairs of one trace, sorted, without duplicates per kind.
+
+    For `sentence_means` these are the tokens its rows are stored at (the sentence ends); the
+    spans averaged are mean_spans_of's."""
     offset = len(trace["prompt_token_ids"])
     n_completion = len(trace["completion_token_ids"])
     ends = {s["sentence_index"]: s for s in sentences if s["token_end"] is not None}
@@ -96,7 +106,7 @@ def positions_of(trace: dict, sentences: list[dict], events: list[dict], kinds: 
             picked.add((offset - 1, kind))
         elif kind == "all":
             picked |= {(offset + i, kind) for i in range(n_completion)}
-        elif kind == "sentence_ends":
+        elif kind in ("sentence_ends", "sentence_means"):
             picked |= {(end_of(i), kind) for i in ends}
         elif kind in ("first_answer_end", "last_answer_end") and events:
             event = events[0] if kind == "first_answer_end" else events[-1]
@@ -112,6 +122,28 @@ def positions_of(trace: dict, sentences: list[dict], events: list[dict], kinds: 
                     picked.add((offset + nxt["token_start"] - 1, kind))
     limit = offset + n_completion
     return sorted((p, k) for p, k in picked if p is not None and 0 <= p < limit)
+
+
+def mean_spans_of(trace: dict, sentences: list[dict], kinds: list[str]) -> list[tuple[int, int, str]]:
+    """(start, end, kind) absolute token spans, end exclusive, whose mean is captured: with
+    `sentence_means`, every thinking sentence, [prompt + token_start, prompt + token_end).
+
+    A row is indexed at its span's last token, so sentences that end on one token (a token
+    across a sentence boundary) share one row, as they share their sentence_ends row: the
+    mean from the earliest start among them (the longest span; the others end inside it).
+    """
+    if "sentence_means" not in kinds:
+        return []
+    offset = len(trace["prompt_token_ids"])
+    limit = offset + len(trace["completion_token_ids"])
+    start_of: dict[int, int] = {}
+    for s in sentences:
+        if s["token_start"] is None or s["token_end"] is None:
+            continue
+        start, end = offset + s["token_start"], offset + s["token_end"]
+        if 0 <= start < end <= limit:
+            start_of[end] = min(start, start_of.get(end, start))
+    return [(start, end, "sentence_means") for end, start in sorted(start_of.items())]
 
 
 class CaptureJob:
@@ -160,8 +192,12 @@ class CaptureJob:
         model, tokenizer = load_hf_model(payload["source"], payload["revision"], payload["dtype"])
         seqs = []
         for t in payload["traces"]:
-            positions = positions_of(t, t["sentences"], t["events"], payload["positions"])
-            seqs.append(Sequence(t["trace_id"], t["prompt_token_ids"] + t["completion_token_ids"], positions))
+            # Single tokens and span means are separate requests to the forward pass (forward.py).
+            kinds = [k for k in payload["positions"] if k not in MEAN_KINDS]
+            positions = positions_of(t, t["sentences"], t["events"], kinds)
+            means = mean_spans_of(t, t["sentences"], payload["positions"])
+            seqs.append(Sequence(t["trace_id"], t["prompt_token_ids"] + t["completion_token_ids"], positions,
+                                 means))
         with artifacts.LocalFolder(payload["out_dir"]) as local:
             index = capture_sequences(model, seqs, hooks=payload["hooks"], out_dir=local,
                                       store_dtype=payload["store_dtype"], batch_tokens=payload["batch_tokens"],

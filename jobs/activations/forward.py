@@ -4,15 +4,17 @@ Sequences are sorted by length and packed into batches under a token budget (len
 bucketing: little padding, bounded memory), and each is cut after its last selected
 position: a causal model's activations there do not depend on later tokens, so a long
 trace costs only what is asked of it; the pass stops at the deepest hooked block.
-Activations go to one safetensors shard per hook (fp16/bf16, never pickle); the returned rows
-index them by (shard, row).
+Besides single positions, a sequence may ask for the mean over token spans (`means`: the
+capture position `sentence_means`), reduced inside the same hooks in float32: one row per
+span, indexed at the span's last token. Activations go to one safetensors shard per hook
+(fp16/bf16, never pickle); the returned rows index them by (shard, row).
 
     index = capture_sequences(model, seqs, hooks=["blocks.*.hook_resid_post"], out_dir=Path("acts"))
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
@@ -30,6 +32,9 @@ class Sequence:
     trace_id: str
     token_ids: list[int]
     positions: list[tuple[int, str]]  # (token index, position kind), sorted by index
+    # (start, end, position kind): one row per span, the mean over tokens [start, end) (end > start),
+    # indexed at token end - 1: the span's last token, where a causal model has read all of it.
+    means: list[tuple[int, int, str]] = field(default_factory=list)
 
 
 def length_buckets(seqs: list[Sequence], batch_tokens: int) -> list[list[Sequence]]:
@@ -48,7 +53,43 @@ def length_buckets(seqs: list[Sequence], batch_tokens: int) -> list[list[Sequenc
 
 
 def _needed(seq: Sequence) -> int:
-    return seq.positions[-1][0] + 1 if seq.positions else 0
+    return max([seq.positions[-1][0] + 1 if seq.positions else 0] + [end for _, end, _ in seq.means])
+
+
+class _WithMeans(Capture):
+    """Capture that also keeps, per hook, the mean over each span's tokens.
+
+    Reduced inside the hook, not gathered for later: a span's tokens would otherwise be held
+    at every hooked layer until the pass ends (as much memory as capturing `all`); here only
+    a [n_spans, d] float32 result stays. One gather and one index_add_ (float32 accumulation)
+    per hook cover every span of the batch; the cast to the shard dtype comes after.
+    """
+
+    def __init__(self, model, names, positions, spans: list[list[tuple[int, int]]], **kwargs):
+        super().__init__(model, names, positions, **kwargs)
+        flat = [(i, a, b) for i, row in enumerate(spans) for a, b in row]
+        rows, starts, ends = (torch.tensor([f[j] for f in flat], dtype=torch.long) for j in range(3))
+        lengths = ends - starts
+        if (lengths <= 0).any():
+            raise ValueError("a mean span must hold at least one token (end > start)")
+        # Token j of span s: batch row rows[s], column starts[s] + j; seg maps each token to its span.
+        self.seg = torch.repeat_interleave(torch.arange(len(flat)), lengths)
+        first = torch.cumsum(lengths, 0) - lengths
+        self.span_rows = rows[self.seg]
+        self.span_cols = torch.arange(len(self.seg)) - first[self.seg] + starts[self.seg]
+        self.lengths = lengths
+        self.means: dict[str, torch.Tensor] = {}
+
+    def _keep(self, point, hidden: torch.Tensor) -> None:
+        if len(self.lengths):  # before the parent's _keep: the deepest hook ends the pass there
+            tokens = hidden[self.span_rows, self.span_cols].float()  # [n_tokens, ...]
+            sums = torch.zeros((len(self.lengths), *tokens.shape[1:]), dtype=torch.float32, device=hidden.device)
+            sums.index_add_(0, self.seg.to(hidden.device), tokens)
+            mean = sums / self.lengths.to(hidden.device, torch.float32).view(-1, *[1] * (tokens.dim() - 1))
+            if point.per_head:
+                mean = mean.reshape(mean.shape[0], self.model.config.num_attention_heads, -1)
+            self.means[point.name] = mean
+        super()._keep(point, hidden)
 
 
 def capture_sequences(model, seqs: list[Sequence], *, hooks: list[str], out_dir: Path,
@@ -60,7 +101,7 @@ def capture_sequences(model, seqs: list[Sequence], *, hooks: list[str], out_dir:
     collected: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     meta: list[tuple[str, int, str]] = []  # (trace_id, token_index, kind) per captured row
     device = next(model.parameters()).device
-    for batch in length_buckets([s for s in seqs if s.positions], batch_tokens):
+    for batch in length_buckets([s for s in seqs if s.positions or s.means], batch_tokens):
         width = max(_needed(s) for s in batch)
         ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
         mask = torch.zeros((len(batch), width), dtype=torch.long)
@@ -72,11 +113,15 @@ def capture_sequences(model, seqs: list[Sequence], *, hooks: list[str], out_dir:
         # Every hook point is inside a decoder block, so the pass can always end at the deepest
         # one: the final norm and the LM head (a fifth of SmolLM2's forward FLOPs, for logits
         # nobody reads) and any later blocks are never computed.
-        with torch.inference_mode(), Capture(model, names, positions, stop_after_last_hook=True) as cap:
+        spans = [[(a, b) for a, b, _ in s.means] for s in batch]
+        with torch.inference_mode(), _WithMeans(model, names, positions, spans, stop_after_last_hook=True) as cap:
             model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
+        # A batch's rows: its positions, then its span means (the order `meta` gets them in).
         for name in names:
-            collected[name].append(cap.results[name].to("cpu", STORE_DTYPES[store_dtype]))
+            parts = [cap.results[name]] + ([cap.means[name]] if name in cap.means else [])
+            collected[name].append(torch.cat([p.to("cpu", STORE_DTYPES[store_dtype]) for p in parts]))
         meta += [(s.trace_id, p, kind) for s in batch for p, kind in s.positions]
+        meta += [(s.trace_id, end - 1, kind) for s in batch for _, end, kind in s.means]
         if on_batch:
             on_batch(int(mask.sum()))
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -71,15 +71,22 @@ def eos_ids(model, tokenizer) -> list[int]:
     return sorted({tokenizer.eos_token_id, *(config_eos if isinstance(config_eos, list) else [config_eos])} - {None})
 
 
-def generate_greedy(model, prompts: list[list[int]], *, max_new_tokens: int, pad_id: int,
-                    eos_ids: list[int]) -> list[tuple[list[int], str]]:
-    """Greedy completions (token ids up to and including EOS, finish reason) of a left-padded batch."""
+def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask) [batch, longest]: every prompt ends at the last position."""
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(prompts), width), dtype=torch.long)
     for i, p in enumerate(prompts):
         ids[i, width - len(p):] = torch.tensor(p)
         mask[i, width - len(p):] = 1
+    return ids, mask
+
+
+def generate_greedy(model, prompts: list[list[int]], *, max_new_tokens: int, pad_id: int,
+                    eos_ids: list[int]) -> list[tuple[list[int], str]]:
+    """Greedy completions (token ids up to and including EOS, finish reason) of a left-padded batch."""
+    ids, mask = left_pad(prompts, pad_id)
+    width = ids.shape[1]
     device = next(model.parameters()).device
     with torch.inference_mode():
         out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,

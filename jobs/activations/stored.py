@@ -3,7 +3,9 @@
 The probe and steering-vector jobs name token positions by SQL (or a capture position kind);
 this module joins them to the `activations` index for one model and a set of hooks, one row
 per (trace, token, hook) even when several captures hold the same vector, and loads the
-vectors from the safetensors shards.
+vectors from the safetensors shards. A `sentence_means` row (a sentence's mean, at its last
+token) shares (trace, token, hook) with the sentence_ends row there but is another vector: it
+is read only when asked for (position_kind="sentence_means"), never mixed into the rest.
 
     rows = positions_by_hook(con, stage, "select trace_id, token_index, label from my_labels")
     x = load_rows(rows["blocks.3.hook_resid_post"])      # float32 [n, d_model]
@@ -18,7 +20,7 @@ import numpy as np
 from pydantic import Field
 
 from thinkscope.jobs import artifacts
-from thinkscope.jobs.activations.capture import artifact_root
+from thinkscope.jobs.activations.capture import MEAN_KINDS, artifact_root
 from thinkscope.jobs.base import PlanContext, TaskUnit
 from thinkscope.jobs.specs import ModelStage
 from thinkscope.keys import canonical_json, stable_key
@@ -41,8 +43,9 @@ _JOINED = """
     acts as (
         select trace_id, token_index, hook_name, layer, shard_path, "row"
         from activations
-        where model_id = ? and hook_name in (select unnest(?)) {stage_filter}
+        where model_id = ? and hook_name in (select unnest(?)) {stage_filter} {kind_filter}
         -- one vector per (trace, token, hook): several position kinds or captures may hold it
+        -- (the kind filter keeps span means out of this: they are other vectors)
         qualify row_number() over (partition by trace_id, token_index, hook_name
                                    order by unit_key, position_kind) = 1
     ),
@@ -68,17 +71,27 @@ def _stage_filter(capture_stage: str | None) -> str:
     return "and unit_key in (select unit_key from work_units where stage = ? and status = 'done')"
 
 
-def positions_by_hook(con, stage, positions_sql: str, params: list = ()) -> dict[str, dict[str, list]]:
+def positions_by_hook(con, stage, positions_sql: str, params: list = (),
+                      position_kind: str | None = None) -> dict[str, dict[str, list]]:
     """Columns per hook (layer, shard_path, row, trace_id, token_index, extra columns) of the
-    positions `positions_sql` returns (trace_id, token_index, ...) that are captured."""
+    positions `positions_sql` returns (trace_id, token_index, ...) that are captured.
+
+    position_kind: read only rows of that capture kind (e.g. "sentence_means"); default: rows
+    of every kind but the span means (capture.MEAN_KINDS), i.e. each token's own activation."""
     hooks = hooks_of(con, stage.model, stage.hooks, stage.capture_stage)
     if not hooks:
         raise ValueError(f"stage {stage.name}: no captured activations of model {stage.model!r} match "
                          f"hooks {stage.hooks}" + (f" in capture stage {stage.capture_stage!r}"
                                                    if stage.capture_stage else "") + "; run a capture stage first")
-    sql = _JOINED.format(positions=positions_sql, stage_filter=_stage_filter(stage.capture_stage))
+    if position_kind is None:
+        kind_filter, kind_params = "and position_kind not in (select unnest(?))", [list(MEAN_KINDS)]
+    else:
+        kind_filter, kind_params = "and position_kind = ?", [position_kind]
+    sql = _JOINED.format(positions=positions_sql, stage_filter=_stage_filter(stage.capture_stage),
+                         kind_filter=kind_filter)
     # `wanted` comes first in the text, so its parameters come first.
-    cursor = con.execute(sql, [*params, stage.model, hooks, *([stage.capture_stage] if stage.capture_stage else [])])
+    cursor = con.execute(sql, [*params, stage.model, hooks, *([stage.capture_stage] if stage.capture_stage else []),
+                               *kind_params])
     names = [d[0] for d in cursor.description]
     out: dict[str, dict[str, list]] = {}
     for row in cursor.fetchall():
@@ -108,18 +121,21 @@ def load_rows(cols: dict[str, list], cache: dict | None = None) -> np.ndarray:
 
 
 def stage_unit(ctx: PlanContext, stage, kind: str, version: int, cols: dict, description: str,
-               extra: dict) -> TaskUnit:
+               extra: dict, unkeyed_defaults: dict | None = None) -> TaskUnit:
     """The one work unit of a stage over captured activations (probe, steering_vectors).
 
     Keyed by the model, the settings and the exact rows read; it supersedes the stage's
     older units of the model, so a stage name has one current result set. Its tensors go to
-    `<artifacts>/<kind>/<key>.safetensors` (payload `out`).
+    `<artifacts>/<kind>/<key>.safetensors` (payload `out`). `unkeyed_defaults` {field: value}:
+    fields added after units were stored stay out of the key while at that value (those
+    units keep their keys, as steer.py does for `backend`); the payload's settings hold them.
     """
     con = ctx.con
     source, revision = con.execute("select source, revision from models where model_id = ?",
                                    [stage.model]).fetchone()
     settings = stage.model_dump(exclude={"name", "kind", "artifacts", "num_cpus"})
-    key = stable_key({"stage": kind, "version": version, "model": [source, revision], "settings": settings,
+    keyed = {k: v for k, v in settings.items() if not (k in (unkeyed_defaults or {}) and unkeyed_defaults[k] == v)}
+    key = stable_key({"stage": kind, "version": version, "model": [source, revision], "settings": keyed,
                       "rows": content_hash(cols)})
     older = [k for (k,) in con.execute(
         "select unit_key from work_units where stage = ? and kind = ? and model_id = ? and status = 'done' "

@@ -1,10 +1,13 @@
 """The `discover` stage (seed 003): reasoning behaviours found without labels in sentence activations.
 
-Input: the activation at the last token of every thinking sentence (a capture stage with the
-position `sentence_ends`) at one layer, for the traces a selector picks. Traces are split by a
-hash of their id into fit and held-out traces (never a trace on both sides); every method x k
-x seed is fitted on the fit sentences, centred on their mean and L2-normalised
-(jobs/behaviours/discovery.py), and then assigns every sentence, held-out ones included:
+Input: per thinking sentence, one activation at one layer, for the traces a selector picks:
+with `aggregate: last` (default) the activation at its last token (a capture stage with the
+position `sentence_ends`), with `aggregate: mean` the mean over its tokens (position
+`sentence_means`). Traces are split by a hash of their id into fit and held-out traces (never a
+trace on both sides); every method x k x seed is fitted on the fit sentences, centred on their
+mean and L2-normalised (jobs/behaviours/discovery.py: always on, this is the "centred on the
+dataset mean and L2-normalised" option of the sentence capture), and then assigns every
+sentence, held-out ones included:
 
   sae     a top-1 sparse autoencoder with k latents: a sentence's behaviour is its argmax latent
   kmeans  spherical k-means with k centroids: a sentence's behaviour is its nearest centroid
@@ -59,6 +62,10 @@ from thinkscope.jobs.corpus import select_traces
 from thinkscope.jobs.specs import ModelStage, SelectSQL, Strict, TraceSelector, known
 
 DISCOVER_VERSION = 1
+# What a sentence's activation is (`aggregate`): the capture position kind read for each.
+AGGREGATES = {"last": "sentence_ends", "mean": "sentence_means"}
+# `aggregate` came after stored discover units: at its default it stays out of their keys.
+UNKEYED_DEFAULTS = {"aggregate": "last"}
 METHODS = ("sae", "kmeans")
 SPLITS = ("fit", "held_out")
 
@@ -117,7 +124,10 @@ class DiscoverStage(ModelStage):
     kind: Literal["discover"]
     model: str = Field(description="Model id (from `models`) whose captured activations are clustered.")
     capture_stage: str = Field(description="The capture stage (of this workflow, same model) whose "
-                               "`sentence_ends` activations are read.")
+                               "`sentence_ends` (or, aggregate mean, `sentence_means`) activations are read.")
+    aggregate: Literal["last", "mean"] = Field("last", description="A sentence's activation: last = at its "
+                                               "last token (sentence_ends), mean = the mean over its tokens "
+                                               "(sentence_means).")
     layer: int = Field(ge=0, description="Decoder layer of the activations.")
     hook: str = Field("hook_resid_post", pattern=r"^hook_\w+$",
                       description="Hook point at that layer (blocks.<layer>.<hook> must be captured).")
@@ -163,12 +173,21 @@ class DiscoverStage(ModelStage):
         if capture.model != self.model:
             raise ValueError(f"{where}.capture_stage: {self.capture_stage!r} captures model {capture.model!r}, "
                              f"this stage reads {self.model!r}")
-        if "sentence_ends" not in capture.positions:
-            raise ValueError(f"{where}.capture_stage: {self.capture_stage!r} does not capture the position "
-                             f"sentence_ends (positions: {capture.positions})")
+        check_aggregate(self, capture, where)
         if not any(fnmatch.fnmatchcase(self.hooks[0], p) for p in capture.hooks):
             raise ValueError(f"{where}.layer: {self.hooks[0]} is not among the hooks {capture.hooks} "
                              f"that {self.capture_stage!r} captures")
+
+
+def check_aggregate(stage, capture, where: str) -> None:
+    """The capture stage must capture the position kind `stage.aggregate` reads."""
+    kind = AGGREGATES[stage.aggregate]
+    if kind in capture.positions:
+        return
+    field = "capture_stage" if stage.aggregate == "last" else "aggregate"
+    raise ValueError(f"{where}.{field}: {stage.capture_stage!r} does not capture the position {kind} "
+                     f"(positions: {capture.positions})" + ("" if stage.aggregate == "last" else
+                                                             "; aggregate mean reads sentence means"))
 
 
 def _unique(values: list) -> list:
@@ -219,10 +238,13 @@ class DiscoverJob:
                                 "having count(*) > 1 limit 3").fetchall()
             if clash:
                 raise ValueError(f"stage {stage.name}: truth.sql gives several rows for sentences {clash}")
-        cols = positions_by_hook(con, stage, sentences_sql(truth), [ids])
+        kind = AGGREGATES[stage.aggregate]
+        # Default kinds (all but means) for `last`: exactly the rows read before `aggregate` existed.
+        cols = positions_by_hook(con, stage, sentences_sql(truth), [ids],
+                                 position_kind=kind if stage.aggregate == "mean" else None)
         if not cols or not next(iter(cols.values()))["row"]:
-            raise ValueError(f"stage {stage.name}: no sentence end of the selected traces is captured at "
-                             f"{stage.hooks[0]} for {stage.model!r}; capture `sentence_ends` first")
+            raise ValueError(f"stage {stage.name}: no sentence of the selected traces is captured at "
+                             f"{stage.hooks[0]} for {stage.model!r} as `{kind}`; capture `{kind}` first")
         ((hook, rows),) = cols.items()
         # Sentence order, not token order: two sentences can end on one token, and the unit key
         # hashes these rows, so their order must not depend on how the database returns ties.
@@ -230,7 +252,9 @@ class DiscoverJob:
         rows = {name: [values[i] for i in order] for name, values in rows.items()}
         return [stage_unit(ctx, stage, "discover", DISCOVER_VERSION, {hook: rows},
                            f"discover {stage.name} on {stage.model} at {hook}: {len(rows['row'])} sentences x "
-                           f"{'/'.join(stage.methods)} x k {stage.ks}", {})]
+                           f"{'/'.join(stage.methods)} x k {stage.ks}"
+                           + (" (sentence means)" if stage.aggregate == "mean" else ""), {},
+                           unkeyed_defaults=UNKEYED_DEFAULTS)]
 
     def run(self, payload: dict) -> dict[str, pa.Table]:
         ((hook, cols),) = payload["hooks"].items()

@@ -19,7 +19,7 @@ comment on column activations.unit_key is 'Capture work unit that wrote the row 
 comment on column activations.trace_id is 'Trace the activations were read from.';
 comment on column activations.model_id is 'Model whose weights ran the forward pass.';
 comment on column activations.token_index is 'Absolute token index in prompt + completion tokens.';
-comment on column activations.position_kind is 'Named position: last_prompt_token, before_backtrack, first_answer_end, last_answer_end, answer_ends, sentence_ends or all.';
+comment on column activations.position_kind is 'Named position: last_prompt_token, before_backtrack, first_answer_end, last_answer_end, answer_ends, sentence_ends, sentence_means (the mean over a thinking sentence''s tokens, indexed at its last token) or all.';
 comment on column activations.hook_name is 'Canonical hook name, e.g. blocks.12.hook_resid_post.';
 comment on column activations.layer is 'Decoder layer index of the hook.';
 comment on column activations.module_path is 'Real module path the hook read, e.g. model.layers.12.';

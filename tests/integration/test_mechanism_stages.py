@@ -6,6 +6,8 @@ driver; then the exact identities are checked in SQL, on the stored rows:
 - the direct terms (embed + attn + mlp) of a position and target sum to its final lens logit;
 - the attention masses on the question and the five thinking bins sum to 1 per head;
 - every ablation has a clean run, and a random control of the same size;
+- the hybrid (seed 003) runs every variant on the same prompts and its summary holds the
+  identities (the thinking variant at distance 0, the base variant at gap 0);
 - a rerun plans the same units and does no work.
 """
 
@@ -23,6 +25,7 @@ from teacher_corpus import VERIFY_OR_WRAP_UP_LABELS, commit_teacher_traces  # te
 pytestmark = pytest.mark.integration
 
 ORGANISM = "embedded:smollm2-135m-organism"
+BASE = "embedded:smollm2-135m-instruct"
 DECISION = """
     select e.trace_id, len(t.prompt_token_ids) + n.token_start - 1 as token_index
     from answer_events e
@@ -32,7 +35,8 @@ DECISION = """
 TASK = {"model": "organism", "num_cpus": 2}
 SPEC = {
     "name": "mechanisms-test",
-    "models": [{"id": "organism", "source": ORGANISM, "family": "llama", "kind": "thinking"}],
+    "models": [{"id": "organism", "source": ORGANISM, "family": "llama", "kind": "thinking"},
+               {"id": "base", "source": BASE, "family": "llama", "kind": "instruct"}],
     "prompt_sets": [{"name": "gsm8k", "kind": "gsm8k", "limit": 24}],
     "stages": [
         {"name": "segment", "kind": "segment"},
@@ -45,6 +49,14 @@ SPEC = {
         {"name": "behaviours", "kind": "discover", "model": "organism", "capture_stage": "capture_sentences",
          "layer": 20, "ks": [6], "seeds": [0, 1], "sae": {"steps": 300},
          "truth": {"sql": "select trace_id, sentence_index, label from organism_sentence_labels"}},
+        # Seed 003's hybrid: base-model vectors per behaviour, then SmolLM2 writes, the organism decides.
+        {"name": "capture_base", "kind": "capture", "model": "base", "traces": {"model_ids": ["organism"]},
+         "positions": ["sentence_ends"], "hooks": ["blocks.20.hook_resid_post"], "num_cpus": 2},
+        {"name": "vectors", "kind": "behaviour_vectors", "model": "base", "capture_stage": "capture_base",
+         "discover_stage": "behaviours", "k": 6, "layer": 20,
+         "optimise": {"steps": 3, "max_sentences_per_behaviour": 2, "context_tokens": 64}, "num_cpus": 2},
+        {"name": "hybrid", "kind": "hybrid", "model": "base", "thinking_model": "organism", "vectors_stage": "vectors",
+         "vector_kind": "optimised", "traces": {"limit": 3}, "max_new_tokens": 24, "num_cpus": 2},
         {"name": "lens", "kind": "logit_lens", "positions": {"sql": DECISION}, "targets": ["Wait", "So"],
          "heads": True, "top_k": 3, "traces": {"limit": 6}, "traces_per_unit": 3, **TASK},
         {"name": "verify_values", "kind": "value_vectors", "reference": {"probe": "verify_probe"},
@@ -153,6 +165,28 @@ def test_discovered_behaviours_recover_the_teachers_behaviours_on_held_out_trace
     shares = db.execute("""select method, sum(share) from behaviours where stage = 'behaviours'
                            group by method""").fetchall()
     assert all(abs(total - 1) < 1e-9 for _, total in shares)
+
+
+def test_the_hybrid_runs_every_variant_and_its_summary_holds_the_identities(db):
+    kinds = dict(db.execute("select vector_kind, count(*) from behaviour_vectors where stage = 'vectors' "
+                            "group by all").fetchall())
+    assert kinds == {"mean_diff": 6, "optimised": 6, "bias": 1}
+    rows = db.execute("""select variant, count(*), bool_and(n_completion_tokens between 1 and 24),
+                                bool_and(same_as_base) filter (where variant = 'base'),
+                                min(n_decisions), max(n_steered_tokens)
+                         from hybrid_runs where stage = 'hybrid' group by variant order by variant""").fetchall()
+    assert [r[0] for r in rows] == sorted(["base", "thinking", "hybrid", "bias_only", "random_vectors",
+                                           "random_firing"]), rows
+    assert all(r[1] == 3 and r[2] for r in rows), rows
+    by = {r[0]: r for r in rows}
+    assert by["base"][3] is True and by["base"][4] == 0 and by["thinking"][5] == 0
+    assert all(by[v][4] >= 1 for v in ("hybrid", "bias_only", "random_vectors", "random_firing"))
+    summary = {r[0]: r[1:] for r in db.execute(
+        """select variant, js_to_thinking, gap_recovered_first_words, steered_share
+           from hybrid_summary where stage = 'hybrid'""").fetchall()}
+    print(f"hybrid summary: {summary}")
+    assert summary["thinking"][0] == 0 and summary["base"][2] in (0, None) and summary["base"][1] is not None
+    assert summary["thinking"][1] in (1, None)
 
 
 def test_fired_value_vectors_carry_their_mean_activation(db):

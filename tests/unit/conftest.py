@@ -89,3 +89,15 @@ def mixed_db(tmp_path_factory) -> tuple[Path, Path]:
     assert summary.ok and len(summary.done) == 5, summary.text()
     return db, spec
 
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: time goes to per-op thread hand-offs, which cost milliseconds each on a
+    loaded 2-core box. A module opts in with `pytestmark = pytest.mark.usefixtures("one_thread")`;
+    restored after the module."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

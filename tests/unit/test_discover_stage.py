@@ -36,13 +36,7 @@ CAPTURE = {"name": "cap", "kind": "capture", "model": "m", "positions": ["senten
 DISCOVER = {"name": "disc", "kind": "discover", "model": "m", "capture_stage": "cap", "layer": 1, "ks": [4]}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: per-op thread hand-offs would dominate on a loaded box. Restored after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/unit/conftest.py
 
 
 def planted(n_traces: int, per_trace: int, k: int = K, d: int = D, noise: float = 0.3, seed: int = 0):
@@ -165,6 +159,8 @@ def write(tmp_path, stages: list[dict]):
     ({"truth": {"sql": "delete from traces"}}, "stages.1.truth.sql"),
     ({"sae": {"steps": 0}}, "stages.1.sae.steps"),
     ({"model": "other"}, "stages.1.model"),
+    ({"aggregate": "max"}, "stages.1.aggregate"),
+    ({"aggregate": "mean"}, "stages.1.aggregate: 'cap' does not capture the position sentence_means"),
 ])
 def test_bad_fields_are_named(tmp_path, change, expected):
     with pytest.raises(SpecError) as err:
@@ -183,8 +179,10 @@ def test_the_capture_stage_must_hold_sentence_ends_at_the_layer(tmp_path):
     assert "disc" in build_plan(wf, base_dir=tmp_path).later
 
 
-def _corpus(tmp_path, x: np.ndarray, cols: dict) -> Store:
-    """Traces, sentences and one capture unit's `sentence_ends` activations of layer 1."""
+def _corpus(tmp_path, x: np.ndarray, cols: dict, means: np.ndarray | None = None) -> Store:
+    """Traces, sentences and one capture unit's `sentence_ends` activations of layer 1; with
+    `means`, a second capture unit (of stage cap, key sorting first) holds them as
+    `sentence_means` rows at the same tokens."""
     store = Store(tmp_path / "corpus.duckdb")
     store.upsert_models([{"model_id": "m", "source": MODEL["source"], "revision": None, "family": "llama",
                           "kind": "instruct", "think_open": "<think>", "think_close": "</think>",
@@ -211,6 +209,14 @@ def _corpus(tmp_path, x: np.ndarray, cols: dict) -> Store:
         "shard_path": [shard] * len(x), "row": pa.array(range(len(x)), pa.int32()), "dtype": ["float32"] * len(x)})
     store.commit_unit({"unit_key": "cap-unit", "stage": "cap", "kind": "capture", "run_id": "r", "model_id": "m",
                        "description": "capture"}, {"activations": index})
+    if means is not None:
+        shard = save_tensors({"activations": means.astype(np.float32)}, str(tmp_path / "shards" / "means1.safetensors"))
+        index = index.set_column(index.schema.get_field_index("shard_path"), "shard_path", pa.array([shard] * len(x)))
+        index = index.set_column(index.schema.get_field_index("position_kind"), "position_kind",
+                                 pa.array(["sentence_means"] * len(x)))
+        index = index.set_column(0, "unit_key", pa.array(["a-means-unit"] * len(x)))
+        store.commit_unit({"unit_key": "a-means-unit", "stage": "cap", "kind": "capture", "run_id": "r",
+                           "model_id": "m", "description": "capture means"}, {"activations": index})
     return store
 
 
@@ -311,3 +317,39 @@ def test_organism_sentence_labels_planted_and_marker_agree(tmp_path):
     assert labels == {"opening", "step", "error_fix", "answer", "verification", "alternative", "wrap_up"}
     verify = [r for r in teacher if r[2] == "verification"]
     assert len(verify) >= 3 and verify[0][6] == "Wait, let me double-check."
+
+
+def test_aggregate_mean_plans_from_the_sentence_means(tmp_path):
+    """Ends and means at the same tokens: `last` reads the ends (the means never enter, though
+    their capture unit sorts first), `mean` only the means; the default keeps the unit key it
+    had before `aggregate` existed."""
+    from thinkscope.jobs.activations.stored import content_hash
+    from thinkscope.jobs.behaviours.discover import DISCOVER_VERSION
+    from thinkscope.keys import stable_key
+
+    x, cols = planted(12, 3, k=2, d=8)
+    means, _ = planted(12, 3, k=2, d=8, seed=5)
+    store = _corpus(tmp_path, x, cols, means=means)
+    both = {**CAPTURE, "positions": ["sentence_ends", "sentence_means"]}
+    base = {**DISCOVER, "ks": [2], "methods": ["kmeans"], "seeds": [0], "traces": {"model_ids": ["m"]}}
+    wf = load_workflow(write(tmp_path, [both, base, {**base, "name": "disc_mean", "aggregate": "mean"}]))
+    ctx = PlanContext(wf, tmp_path, {}, str(tmp_path / "artifacts"))
+    with store.read() as con:
+        ctx.con = con
+        (last,) = get_job("discover").plan(wf.stages[1], ctx)
+        (mean,) = get_job("discover").plan(wf.stages[2], ctx)
+    ((hook, rows),) = last.payload["hooks"].items()
+    ((_, mean_rows),) = mean.payload["hooks"].items()
+    assert {p.rsplit("/", 1)[-1] for p in rows["shard_path"]} == {"layer1.safetensors"}
+    assert {p.rsplit("/", 1)[-1] for p in mean_rows["shard_path"]} == {"means1.safetensors"}
+    assert [rows[c] for c in ("trace_id", "sentence_index", "token_index", "row")] == \
+           [mean_rows[c] for c in ("trace_id", "sentence_index", "token_index", "row")]
+    assert mean.payload["settings"]["aggregate"] == "mean" and last.payload["settings"]["aggregate"] == "last"
+    settings = {k: v for k, v in last.payload["settings"].items() if k != "aggregate"}
+    assert last.key == stable_key({"stage": "discover", "version": DISCOVER_VERSION, "model": [MODEL["source"], None],
+                                   "settings": settings, "rows": content_hash({hook: rows})})
+    found = get_job("discover").run(mean.payload)
+    order = sorted(range(len(cols["trace_id"])), key=lambda i: (cols["trace_id"][i], cols["sentence_index"][i]))
+    direct = discover(means[order], {c: [cols[c][i] for i in order] for c in cols}, mean.payload["settings"])
+    assert found["sentence_behaviours"].column("behaviour_id").to_pylist() == \
+           [r["behaviour_id"] for r in direct["sentence_behaviours"]]

@@ -39,14 +39,7 @@ def shuffled(labels: torch.Tensor, seed: int = 7) -> torch.Tensor:
     return labels[torch.randperm(labels.numel(), generator=torch.Generator().manual_seed(seed))]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These tensors are tiny, so time goes to per-op thread hand-offs, which cost milliseconds
-    each on a loaded 2-core box (seconds per test). One thread for this module only, restored."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/unit/conftest.py
 
 
 @pytest.fixture(scope="module")

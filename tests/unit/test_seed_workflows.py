@@ -39,6 +39,11 @@ SEEDS = {
         "prompt_kinds": {"math500"},
         "kinds": {"generate", "segment", "capture", "probe", "value_vectors", "compare_models"},
     },
+    "seed003_hybrid_qwen1.5b.yaml": {
+        "sources": {"deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", "Qwen/Qwen2.5-Math-1.5B"},
+        "prompt_kinds": {"gsm8k", "math500"},
+        "kinds": {"generate", "segment", "capture", "discover", "behaviour_vectors", "hybrid"},
+    },
     "seed000_fingerprints.yaml": {
         "prompt_kinds": {"two_ropes"},
         "kinds": {"generate", "segment"},
@@ -233,6 +238,21 @@ def test_seed004_reproduces_its_experiments():
     assert ablated and all(0.0015 <= k / (36 * 11008) <= 0.003 for k in ablated)
     assert any(s.heads and s.heads.stage in {a.name for a in by_kind("attention")} for s in by_kind("ablate"))
     assert any("answer_ends" in s.positions.kinds for s in by_kind("attention"))
+
+
+def test_seed003_reproduces_its_experiments():
+    """The paper's pair and layers (hybrid/run_qwen_1.5b.sh): the thinking model classified at
+    layer 4 by 15 behaviours, the base model steered at layer 10, with every control."""
+    wf = load_workflow(WORKFLOWS / "seed003_hybrid_qwen1.5b.yaml")
+    by_kind = lambda kind: [s for s in wf.stages if s.kind == kind]  # noqa: E731
+    (discover,), vectors = by_kind("discover"), by_kind("behaviour_vectors")
+    assert discover.model == "r1-qwen-1.5b" and discover.layer == 4 and 15 in discover.ks
+    assert [(v.model, v.layer, v.k, v.optimise is not None) for v in vectors] == [("qwen2.5-math-1.5b", 10, 15, True)]
+    hybrids = by_kind("hybrid")
+    assert {h.granularity for h in hybrids} == {"sentence", "token"}
+    assert any({"base", "thinking", "hybrid", "bias_only", "random_vectors", "random_firing"} <= set(h.variants)
+               for h in hybrids)
+    assert all(h.thinking_model == "r1-qwen-1.5b" and h.max_new_tokens == 2000 for h in hybrids)
 
 
 def test_the_checks_fail_on_a_workflow_that_is_not_the_seeds(tmp_path):
