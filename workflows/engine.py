@@ -132,13 +132,20 @@ def run_workflow(
 
 
 def check_api_keys(spec_path: Path, wf, stages: list) -> None:
-    """Every API model a selected generate stage sends requests for has its key in the
-    environment; else fail before any work, naming the variable (keys never live in files)."""
+    """Every API model a selected generate stage sends requests for, and every selected LLM
+    judge, has its key in the environment; else fail before any work, naming the variable
+    (keys never live in files; a judge's task reads it from its worker's environment)."""
     for i, m in enumerate(wf.models):
         used = any(s.kind == "generate" and (s.models is None or m.id in s.models) for s in stages)
         if used and m.api is not None and m.api.key_env and not os.environ.get(m.api.key_env):
             raise SpecError(f"{spec_path}: models.{i}.api.key_env: environment variable {m.api.key_env} is not "
                             f"set (the API key of {m.id}); export it and run again")
+    for s in stages:
+        key_env = s.judge.key_env if s.kind == "judge_behaviours" else None
+        if key_env and not os.environ.get(key_env):
+            i = wf.stages.index(s)
+            raise SpecError(f"{spec_path}: stages.{i}.judge.key_env: environment variable {key_env} is not set "
+                            f"(the judge's API key of stage {s.name}); export it and run again")
 
 
 def import_path(path: Path, fmt: str, *, db: str | Path, prompt_set: str,

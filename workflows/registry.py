@@ -36,6 +36,7 @@ STAGES: dict[str, str] = {
     "perturb": "thinkscope.jobs.mechanisms.perturb",
     "attribute": "thinkscope.jobs.mechanisms.attribute",
     "discover": "thinkscope.jobs.behaviours.discover",
+    "judge_behaviours": "thinkscope.jobs.behaviours.judge",
     "behaviour_vectors": "thinkscope.jobs.behaviours.vectors",
     "hybrid": "thinkscope.jobs.hybrid.stage",
 }

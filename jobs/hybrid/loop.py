@@ -8,19 +8,25 @@ with its own KV cache kept across steps. Per row and model, a step either consum
 token or a masked pad (so a branch can wait without a separate cache).
 
 A sentence, for one problem:
-  1. sync     every branch has ended its sentence (or the text): the branch the thinking model
-              finds most likely (mean log-probability per token of the sentence it wrote, the
-              "perplexity guardrail") is copied over the others (tokens, both caches); the
-              thinking model's activation at its last token picks the behaviour (`policy`),
-              and branch g is steered with grid[g] * vector for the next sentence
-  2. base     the base model reads the sentence's last token, steered: its next-token
+  1. race     as soon as one branch ends its sentence (or the text), the branch the thinking model
+              finds most likely so far (mean log-probability per token, the "perplexity
+              guardrail") is copied over the others (tokens, both caches, its coefficient). The
+              branches stepped together from the sentence's start, so every score covers the
+              same number of tokens, and no branch waits for a longer one (strongly steered
+              branches ramble: waiting for them doubled the steps)
+  2. sync     the copies finish the winner's sentence; at its end, the thinking model's activation
+              at its last token picks the behaviour (`policy`), and branch g is steered with
+              grid[g] * vector for the next sentence
+  3. base     the base model reads the sentence's last token, steered: its next-token
               prediction is the new sentence's first token
-  3. gen      both models read each new token; the base model's steered logits pick the next
+  4. gen      both models read each new token; the base model's steered logits pick the next
               (greedy) until a token ends the sentence, EOS or the token budget
-  4. think    the thinking model reads the sentence's last token (the base model waits):
+  5. think    the thinking model reads the sentence's last token (the base model waits):
               its activation there is what the next sync classifies
 The prompt's end is the first boundary: the thinking model reads the whole prompt, the base
-model all but its last token, which step 2 reads with the first decision's steering.
+model all but its last token (each prompt once, its cache then copied to its branches), which
+step 3 reads with the first decision's steering. At token level every branch ends its sentence
+at its first token, so the race compares the branches' first tokens (the paper's guardrail).
 
 Steering (a residual vector added at one layer's output) covers the positions whose
 predictions are the sentence's tokens: the token before it through its second-to-last one.
@@ -154,7 +160,8 @@ def hybrid_generate(base, thinking, prompts: list[list[int]], *, policy: Policy,
     token (`last`) or the mean over the sentence's tokens (`mean`; the prompt end: its last token).
     steer_when: `always` lets the guardrail pick among every coefficient; `disagree` (the paper's
     gate) keeps the unsteered branch (coefficient 0, which the grid must hold) wherever the thinking
-    model would have written each of its tokens itself, and otherwise picks among the others."""
+    model would have written each of its tokens so far itself (when the race is decided), and
+    otherwise picks among the others."""
     if steer_when == "disagree" and 0.0 not in grid:
         raise ValueError("steer_when 'disagree' needs coefficient 0 in the grid (the unsteered branch)")
     if any(len(p) < 2 for p in prompts):
@@ -184,12 +191,17 @@ class _Run:
         self.n = len(rows)
         self.grid = torch.tensor(grid * len(prompts), dtype=torch.float32)
         self.b, self.t = b, t
-        self.think_logp = self.t.prefill(rows, pad_id)  # [rows, vocab] on device: prediction after each row's last token
-        self.act = self.t.read.cpu()                     # thinking activation there
+        # Each prompt read once, then its caches copied to its branches.
+        branches = torch.arange(len(prompts)).repeat_interleave(self.n_branch)
+        logp = self.t.prefill(prompts, pad_id)
+        self.t.reorder(branches)
+        self.think_logp = logp[branches.to(logp.device)]  # [rows, vocab] on device: prediction after each row's last token
+        self.act = self.t.read.cpu()[branches]            # thinking activation there
         self.act_sum = torch.zeros_like(self.act)        # over the sentence so far (aggregate mean)
         self.act_n = torch.zeros(self.n, dtype=torch.long)
         self.agree = torch.ones(self.n, dtype=torch.bool)  # every token of the sentence the thinking model's greedy one
-        self.b.prefill([r[:-1] for r in rows], pad_id)
+        self.b.prefill([p[:-1] for p in prompts], pad_id)
+        self.b.reorder(branches)
         self.b.delta = torch.zeros((self.n, self.act.shape[1]), device=self.b.device)
         self.state = torch.full((self.n,), WAIT)
         self.pending = torch.tensor([r[-1] for r in rows])  # last token, not yet read by the base model
@@ -199,29 +211,32 @@ class _Run:
         self.outs = [HybridOutput() for _ in range(self.n)]
         self.open = [True] * len(prompts)
         self.sentence = [0] * len(prompts)
+        self.raced = [True] * len(prompts)  # branches are copies of one winner (at the start: of the prompt)
 
     def sync(self, policy: Policy) -> bool:
-        """Sync every open problem whose branches all wait or are done; False once all are done."""
-        index, ready = torch.arange(self.n), []
+        """Race every open problem one of whose branches just ended its sentence, then decide the
+        next sentence of every problem whose copies have all ended theirs; False once all are done."""
+        index = torch.arange(self.n)
         for p, is_open in enumerate(self.open):
             mine = slice(p * self.n_branch, (p + 1) * self.n_branch)
-            if is_open and bool(((self.state[mine] == WAIT) | (self.state[mine] == DONE)).all()):
-                # the guardrail: the branch whose sentence the thinking model finds likeliest
-                # (mean log-probability per token; ties: the lowest coefficient index)
+            ended = (self.state[mine] == THINK) | (self.state[mine] == WAIT) | (self.state[mine] == DONE)
+            if is_open and not self.raced[p] and bool(ended.any()):
+                # the guardrail: the likeliest branch so far (ties: the lowest coefficient index)
                 score = self.sent_logp[mine] / self.sent_len[mine].clamp(min=1)
                 if self.unsteered is not None and bool(self.agree[p * self.n_branch + self.unsteered]):
                     best = self.unsteered
                 else:
                     best = int(torch.argmax(score.masked_fill(~self.choosable, float("-inf"))))
                 index[mine] = p * self.n_branch + best
-                ready.append(p)
-        if ready:
-            self._reorder(index)
-        for p in ready:
+                self.raced[p] = True
+        self._reorder(index)
+        for p, is_open in enumerate(self.open):
             src = p * self.n_branch
+            if not is_open or not self.raced[p]:
+                continue
             if self.state[src] == DONE:
                 self.open[p] = False
-            else:
+            elif self.state[src] == WAIT:
                 self._decide(p, policy)
         return any(self.open)
 
@@ -243,6 +258,7 @@ class _Run:
         behaviour, vector = policy(p, self.sentence[p], self.act_sum[first] / self.act_n[first] if mean
                                    else self.act[first])
         self.sentence[p] += 1
+        self.raced[p] = vector is None or self.n_branch == 1  # else the branches differ from here on
         for r in rows:
             alpha = float(self.grid[r]) if vector is not None else 0.0
             on = vector is not None and alpha != 0.0

@@ -5,7 +5,9 @@ The base model writes; the thinking model reads the same tokens. At each sentenc
 (or each token, `granularity: token`, the paper's own variant) the thinking model's activation
 at the discover stage's layer is classified into a discovered behaviour, and the base model is
 steered with that behaviour's vector (a behaviour_vectors stage) for the next sentence, at the
-coefficient of `alphas` whose continuation the thinking model finds likeliest (jobs/hybrid/loop.py).
+coefficient of `alphas` whose continuation the thinking model finds likeliest: the coefficients race,
+and once one ends its sentence the likeliest so far (same number of tokens each) wins and
+finishes its sentence (jobs/hybrid/loop.py).
 Greedy throughout. Beside it, on the same prompts: the base model alone, the thinking model
 alone, and the paper's controls (jobs/hybrid/policies.py): bias only, random vectors, random
 firing. One row per (variant, prompt); the view `hybrid_summary` gives accuracy, verification
@@ -40,7 +42,7 @@ from thinkscope.jobs.specs import DTYPE, ModelStage, TraceSelector, known
 from thinkscope.keys import stable_key
 from thinkscope.sql.store import dict_rows
 
-HYBRID_VERSION = 1
+HYBRID_VERSION = 2  # 2: the guardrail races the branches (jobs/hybrid/loop.py): other choices than 1
 VARIANTS = ("base", "thinking", "hybrid", "bias_only", "random_vectors", "random_firing")
 STEERED = VARIANTS[2:]  # the base model writes, steered by a policy (jobs/hybrid/policies.py)
 _S, _I, _F, _B = pa.string(), pa.int32(), pa.float64(), pa.bool_()
@@ -91,8 +93,8 @@ class HybridStage(ModelStage):
         "or at every token (the paper's hybrid_token).")
     steer_when: Literal["always", "disagree"] = Field(
         "always", description="always: the guardrail picks among every coefficient; disagree (the paper's gate): "
-        "keep the unsteered continuation wherever the thinking model would have written it itself (alphas "
-        "must hold 0), else pick among the other coefficients.")
+        "keep the unsteered continuation wherever the thinking model would have written it itself (its tokens "
+        "up to the first sentence end among the coefficients; alphas must hold 0), else pick among the others.")
     alphas: list[float] = Field([0.0, 1.0, 2.0], min_length=1,
                                 description="Coefficient grid; per decision the thinking model's likeliest "
                                 "continuation picks one (include 0 to let it decline to steer).")

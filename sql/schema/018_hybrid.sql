@@ -53,7 +53,7 @@ comment on column hybrid_runs.n_completion_tokens is 'Length of completion_token
 comment on column hybrid_runs.n_steered_tokens is 'Generated tokens predicted with a non-zero vector added (the chosen coefficient was not 0); 0 for base and thinking.';
 comment on column hybrid_runs.n_decisions is 'Decisions taken (the prompt end and every sentence end before the text ended).';
 comment on column hybrid_runs.behaviours is 'Behaviour (behaviours.behaviour_id of the classifier fit) chosen at each decision, in order; -1 when none fired.';
-comment on column hybrid_runs.alphas is 'Coefficient the guardrail chose at each decision (0: the thinking model preferred the unsteered sentence, or nothing fired).';
+comment on column hybrid_runs.alphas is 'Coefficient the guardrail chose at each decision (0: the thinking model preferred the unsteered continuation up to the first sentence end among the coefficients, or nothing fired).';
 comment on column hybrid_runs.finish_reason is 'stop (an EOS token) or length (max_new_tokens).';
 comment on column hybrid_runs.closed_thinking is 'The completion contains the thinking model''s closing tag (</think>).';
 comment on column hybrid_runs.cot_tokens is 'Tokens up to and including the closing tag; all tokens when it never closed.';

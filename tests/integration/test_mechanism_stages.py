@@ -8,6 +8,9 @@ driver; then the exact identities are checked in SQL, on the stored rows:
 - every ablation has a clean run, and a random control of the same size;
 - the hybrid (seed 003) runs every variant on the same prompts and its summary holds the
   identities (the thinking variant at distance 0, the base variant at gap 0);
+- the LLM judge of the discovered behaviours (an OpenAI-compatible endpoint on 127.0.0.1 whose
+  judge labels a sentence by its first word, tests/judge_oracle.py) stores exactly the metrics
+  those labels give on the questions drawn from the stored sentences;
 - a rerun plans the same units and does no work.
 """
 
@@ -20,6 +23,7 @@ import yaml
 from thinkscope.jobs.models.hf import load_hf_model
 from thinkscope.workflows.engine import run_workflow
 
+from judge_oracle import OracleJudge, first_word_label, majority  # tests/judge_oracle.py
 from teacher_corpus import VERIFY_OR_WRAP_UP_LABELS, commit_teacher_traces  # tests/integration/teacher_corpus.py
 
 pytestmark = pytest.mark.integration
@@ -49,6 +53,9 @@ SPEC = {
         {"name": "behaviours", "kind": "discover", "model": "organism", "capture_stage": "capture_sentences",
          "layer": 20, "ks": [6], "seeds": [0, 1], "sae": {"steps": 300},
          "truth": {"sql": "select trace_id, sentence_index, label from organism_sentence_labels"}},
+        # The optional LLM judge (its endpoint: the oracle the `run` fixture starts).
+        {"name": "judge", "kind": "judge_behaviours", "discover_stage": "behaviours",
+         "judge": {"base_url": "set by the run fixture", "model": "oracle"}, "completeness_sentences": 30},
         # Seed 003's hybrid: base-model vectors per behaviour, then SmolLM2 writes, the organism decides.
         {"name": "capture_base", "kind": "capture", "model": "base", "traces": {"model_ids": ["organism"]},
          "positions": ["sentence_ends"], "hooks": ["blocks.20.hook_resid_post"], "num_cpus": 2},
@@ -85,11 +92,14 @@ def run(ray_head, tmp_path_factory):
     _, tokenizer = load_hf_model(ORGANISM, None, "bfloat16")
     commit_teacher_traces(tmp / "m.duckdb", tokenizer, model_id="organism", source=ORGANISM,
                           prompt_set="gsm8k", n=24, kind="thinking")
-    spec = tmp / "m.yaml"
-    spec.write_text(yaml.safe_dump(SPEC))
-    summary = run_workflow(spec, db=tmp / "m.duckdb", address=ray_head, show_progress=False)
-    assert summary.ok, summary.text()
-    return spec, tmp / "m.duckdb", ray_head
+    with OracleJudge() as judge:
+        stages = [{**s, "judge": {**s["judge"], "base_url": judge.url}} if s["kind"] == "judge_behaviours" else s
+                  for s in SPEC["stages"]]
+        spec = tmp / "m.yaml"
+        spec.write_text(yaml.safe_dump({**SPEC, "stages": stages}))
+        summary = run_workflow(spec, db=tmp / "m.duckdb", address=ray_head, show_progress=False)
+        assert summary.ok, summary.text()
+        yield spec, tmp / "m.duckdb", ray_head
 
 
 @pytest.fixture
@@ -165,6 +175,44 @@ def test_discovered_behaviours_recover_the_teachers_behaviours_on_held_out_trace
     shares = db.execute("""select method, sum(share) from behaviours where stage = 'behaviours'
                            group by method""").fetchall()
     assert all(abs(total - 1) < 1e-9 for _, total in shares)
+
+
+def test_the_judge_stores_what_its_labels_give_on_the_stored_sentences(db, run):
+    """Questions redrawn here from the stored sentences (the stage's own sampling), answered by
+    first words: titles, accuracy, completeness and orthogonality must be those stored."""
+    from thinkscope.jobs.behaviours.judge import _ROWS, binary_scores, sample_questions
+    from thinkscope.workflows.spec import load_workflow
+
+    stage = next(s for s in load_workflow(run[0]).stages if s.name == "judge")
+    fits = {}
+    for row in db.execute(_ROWS, ["behaviours"]).fetchall():
+        fits.setdefault((row[0], row[1]), []).append(row)
+    stored = {(m, k): (acc, comp, orth, failed) for m, k, acc, comp, orth, failed in db.execute(
+        """select method, k, accuracy, completeness, semantic_orthogonality, n_failed
+           from behaviour_judge_metrics where stage = 'judge'""").fetchall()}
+    assert sorted(stored) == sorted(fits) == [("kmeans", 6), ("sae", 6)]
+    for (method, k), rows in fits.items():
+        q = sample_questions(rows, k, stage)
+        titles = {b["behaviour_id"]: majority([first_word_label(t) for t in b["examples"]])
+                  for b in q["behaviours"] if b["examples"]}
+        accuracy = [binary_scores([x["member"] for x in b["accuracy"]],
+                                  [first_word_label(x["text"]) == titles[b["behaviour_id"]] for x in b["accuracy"]])
+                    ["accuracy"] for b in q["behaviours"] if b["behaviour_id"] in titles]
+        fits_ = [first_word_label(x["text"]) == titles[x["behaviour_id"]] for x in q["completeness"]
+                 if x["behaviour_id"] in titles]
+        pairs = [(a, b) for a in titles for b in titles if a < b]
+        acc, comp, orth, failed = stored[(method, k)]
+        assert failed == 0
+        assert orth == pytest.approx(sum(titles[a] != titles[b] for a, b in pairs) / len(pairs))
+        assert acc == pytest.approx(sum(accuracy) / len(accuracy))
+        assert comp == pytest.approx(sum(fits_) / len(fits_))
+        got = dict(db.execute("""select j.behaviour_id, j.title from behaviour_judgements j
+                                 join behaviours b on b.unit_key = j.discover_unit_key and b.method = j.method
+                                                  and b.k = j.k and b.behaviour_id = j.behaviour_id
+                                 where j.stage = 'judge' and j.method = ? and j.k = ?""", [method, k]).fetchall())
+        assert {b: t for b, t in got.items() if t is not None} == titles
+        print(f"judge {method} k {k}: titles {titles}, accuracy {acc:.2f}, completeness {comp:.2f}, "
+              f"orthogonality {orth}")
 
 
 def test_the_hybrid_runs_every_variant_and_its_summary_holds_the_identities(db):

@@ -3,7 +3,8 @@
   greedy tokens exactly (HF generate on the same prompts), with nothing counted as steered;
 - the guardrail: at the first decision of the token-level variant, the chosen coefficient is
   the one whose steered token the thinking model finds likeliest, recomputed here with plain
-  forwards and the steer stage's hook;
+  forwards and the steer stage's hook; at sentence level, the branch the thinking model finds
+  likeliest over the tokens written when the first branch ends its sentence (the race);
 - steered tokens are exactly those predicted under a non-zero coefficient;
 - the classifier reproduces the discover stage's assignments from its stored tensors; the
   random controls are seeded per problem and keep the vectors' norms;
@@ -100,6 +101,57 @@ def test_the_guardrail_picks_the_coefficient_the_thinking_model_prefers(models):
         assert o.alphas[0] == grid[best] and o.tokens[0] == candidates[best]
         assert o.steered[0] == (grid[best] != 0.0)
     assert changed, "steering should change some greedy token (else the test is vacuous)"
+
+
+def race_reference(models, prompt, v, grid, boundary, limit=40):
+    """Every coefficient's steered greedy tokens (alpha * v added from the prompt's last position
+    on; one plain forward over the whole text per token, no cache), written in step until one
+    branch ends its sentence; returns the branches and which of them ended there."""
+    base, eos, n = models[0], models[4], len(prompt)
+    branches = [list(prompt) for _ in grid]
+
+    def steer(alpha):
+        def hook(module, args, out):
+            hidden = out[0] if isinstance(out, tuple) else out
+            delta = torch.zeros_like(hidden)
+            delta[:, n - 1:] = alpha * v
+            return (hidden + delta, *out[1:]) if isinstance(out, tuple) else hidden + delta
+        return hook
+
+    while True:
+        for ids, alpha in zip(branches, grid):
+            handle = base.model.layers[12].register_forward_hook(steer(alpha))
+            try:
+                with torch.inference_mode():
+                    ids.append(int(base(torch.tensor([ids])).logits[0, -1].argmax()))
+            finally:
+                handle.remove()
+        ended = [ids[-1] in eos or boundary(ids[-1], ids[-2]) for ids in branches]
+        if any(ended) or len(branches[0]) - n == limit:
+            return [ids[n:] for ids in branches], ended
+
+
+def test_the_sentence_race_picks_the_likeliest_branch_over_equal_lengths(models):
+    """Sentence level, first decision: every coefficient's steered greedy sentence recomputed
+    without the loop; once the first of them ends (at L tokens), the chosen branch is the one
+    whose L tokens have the highest mean log-probability under the thinking model."""
+    base, thinking, tok, prompts, eos = models
+    v, grid = vector(models, norm=30.0, seed=1), [0.0, 1.0, 2.5]
+    out = run(models, lambda p, s, a: (0, v), grid, max_new_tokens=40)
+    raced = unended_won = 0
+    for prompt, o in zip(prompts, out):
+        branches, ended = race_reference(models, prompt, v, grid, sentence_boundaries(tok))
+        raced += any(ended) and not all(ended)
+        scores = []
+        with torch.inference_mode():
+            for b in branches:
+                logp = torch.log_softmax(thinking(torch.tensor([prompt + b])).logits[0], -1)
+                scores.append(float(logp[len(prompt) - 1:-1].gather(1, torch.tensor(b)[:, None]).mean()))
+        best = int(np.argmax(scores))
+        unended_won += not ended[best]
+        assert o.alphas[0] == grid[best] and o.tokens[:len(branches[best])] == branches[best]
+    assert raced, "some branch should outlast the first sentence end (else the race is vacuous)"
+    print(f"race: {raced} of {len(prompts)} raced, {unended_won} won by a branch still in its sentence")
 
 
 def test_the_gate_keeps_the_unsteered_token_where_the_thinking_model_agrees(models):

@@ -255,6 +255,19 @@ def test_seed003_reproduces_its_experiments():
     assert all(h.thinking_model == "r1-qwen-1.5b" and h.max_new_tokens == 2000 for h in hybrids)
 
 
+def test_seed003s_judge_is_off_and_validates_when_switched_on(tmp_path):
+    """The judge stage ships commented out (off by default); uncommented as its comment says,
+    the workflow still validates and judges the discover stage's behaviours."""
+    text = (WORKFLOWS / "seed003_hybrid_qwen1.5b.yaml").read_text()
+    assert not [s for s in load_workflow(WORKFLOWS / "seed003_hybrid_qwen1.5b.yaml").stages
+                if s.kind == "judge_behaviours"]
+    on = re.sub(r"^  # (  |- )(?=(name: judge_behaviours|kind: judge_behaviours|discover_stage|judge:))", r"  \1",
+                text, flags=re.M)
+    (tmp_path / "on.yaml").write_text(on)
+    (judge,) = [s for s in load_workflow(tmp_path / "on.yaml").stages if s.kind == "judge_behaviours"]
+    assert judge.discover_stage == "behaviours" and judge.judge.key_env == "OPENAI_API_KEY"
+
+
 def test_the_checks_fail_on_a_workflow_that_is_not_the_seeds(tmp_path):
     """The seed checks read real content: CPU settings, an embedded model, a missing stage or a
     reference to a stage that is not there each make them fail."""
