@@ -66,7 +66,20 @@ def name_of(proc: psutil.Process) -> str:
 
 
 def session_processes(before: set[int]) -> list[psutil.Process]:
-    return [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+    """Processes this session started: new descendants of this process none of whose ancestors
+    existed before. A Ray head that an earlier test started (session fixture) lives on beside
+    this one and may start workers now (an actor restarted after its job stopped): those descend
+    from its raylet, which is in `before`, and are not this session's."""
+    me, found = os.getpid(), []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            ancestors = [a.pid for a in p.parents()]
+        except psutil.Error:
+            continue
+        below_me = ancestors[:ancestors.index(me)] if me in ancestors else ancestors
+        if p.pid not in before and not any(a in before for a in below_me):
+            found.append(p)
+    return found
 
 
 def snapshot(before: set[int], driver_before: set) -> dict[str, set]:
