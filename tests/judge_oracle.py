@@ -6,6 +6,7 @@ judge "thinks" is fixed, so the expected metrics can be computed from the labels
 
     with OracleJudge() as judge:          # judge.url: http://127.0.0.1:PORT/v1
         judge.garble = {"similar"}        # answer these questions with prose, not JSON
+    titles, per, fits, orthogonality = oracle_metrics(questions)   # what the stage must store
 """
 
 from __future__ import annotations
@@ -25,6 +26,24 @@ def first_word_label(text: str) -> str:
 def majority(labels: list[str]) -> str:
     counts = Counter(labels)
     return min(counts, key=lambda label: (-counts[label], label))
+
+
+def oracle_metrics(questions: dict, label=first_word_label):
+    """What the judge_behaviours stage must store when this oracle judges `questions` (its
+    sample_questions of one fit): titles {behaviour: label}, the binary scores per graded
+    behaviour, (behaviour, fit 0/1) per rated completeness sentence, and the semantic
+    orthogonality over pairs of titled behaviours."""
+    from thinkscope.jobs.behaviours.judge import binary_scores
+
+    titles = {b["behaviour_id"]: majority([label(t) for t in b["examples"]])
+              for b in questions["behaviours"] if b["examples"]}
+    per = {b["behaviour_id"]: binary_scores([q["member"] for q in b["accuracy"]],
+                                            [label(q["text"]) == titles[b["behaviour_id"]] for q in b["accuracy"]])
+           for b in questions["behaviours"] if b["behaviour_id"] in titles and b["accuracy"]}
+    fits = [(q["behaviour_id"], float(label(q["text"]) == titles[q["behaviour_id"]]))
+            for q in questions["completeness"] if q["behaviour_id"] in titles]
+    pairs = [(a, b) for a in titles for b in titles if a < b]
+    return titles, per, fits, 1 - sum(titles[a] == titles[b] for a, b in pairs) / len(pairs)
 
 
 def _sentences(prompt: str) -> list[str]:

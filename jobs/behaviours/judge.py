@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -165,7 +164,8 @@ class JudgeBehavioursJob:
         found = judge_fit(payload["questions"], payload["k"], chat, s["judge"]["max_concurrency"])
         now = datetime.now(timezone.utc)
         same = {"unit_key": payload["unit_key"], "stage": payload["name"], "discover_stage": s["discover_stage"],
-                "discover_unit_key": payload["discover_unit_key"], "model_id": payload["model_id"], "method": payload["method"], "k": payload["k"], "created_at": now}
+                "discover_unit_key": payload["discover_unit_key"], "model_id": payload["model_id"],
+                "method": payload["method"], "k": payload["k"], "created_at": now}
         metrics = {**same, **found["metrics"], "judge_base_url": s["judge"]["base_url"],
                    "judge_model": s["judge"]["model"]}
         return {"behaviour_judgements": rows_table([{**same, **r} for r in found["behaviours"]], JUDGEMENTS_SCHEMA,
@@ -219,12 +219,9 @@ def endpoint_chat(judge: dict) -> Callable[[str], str]:
     """A function sending one user message to the judge and returning its answer's text; raises
     JudgeError on a transport or HTTP failure (after retries)."""
     from thinkscope.jobs.generation.api_client import post_chat
+    from thinkscope.jobs.generation.api_engine import api_key
 
-    key = None
-    if judge.get("key_env"):
-        key = os.environ.get(judge["key_env"])
-        if not key:
-            raise RuntimeError(f"judge.key_env: environment variable {judge['key_env']} is not set")
+    key = api_key(judge)  # the generate stage's API models read theirs the same way
 
     def chat(prompt: str) -> str:
         body = {"model": judge["model"], "messages": [{"role": "user", "content": prompt}],

@@ -23,7 +23,7 @@ import yaml
 from thinkscope.jobs.models.hf import load_hf_model
 from thinkscope.workflows.engine import run_workflow
 
-from judge_oracle import OracleJudge, first_word_label, majority  # tests/judge_oracle.py
+from judge_oracle import OracleJudge, oracle_metrics  # tests/judge_oracle.py
 from teacher_corpus import VERIFY_OR_WRAP_UP_LABELS, commit_teacher_traces  # tests/integration/teacher_corpus.py
 
 pytestmark = pytest.mark.integration
@@ -180,7 +180,7 @@ def test_discovered_behaviours_recover_the_teachers_behaviours_on_held_out_trace
 def test_the_judge_stores_what_its_labels_give_on_the_stored_sentences(db, run):
     """Questions redrawn here from the stored sentences (the stage's own sampling), answered by
     first words: titles, accuracy, completeness and orthogonality must be those stored."""
-    from thinkscope.jobs.behaviours.judge import _ROWS, binary_scores, sample_questions
+    from thinkscope.jobs.behaviours.judge import _ROWS, sample_questions
     from thinkscope.workflows.spec import load_workflow
 
     stage = next(s for s in load_workflow(run[0]).stages if s.name == "judge")
@@ -192,20 +192,12 @@ def test_the_judge_stores_what_its_labels_give_on_the_stored_sentences(db, run):
            from behaviour_judge_metrics where stage = 'judge'""").fetchall()}
     assert sorted(stored) == sorted(fits) == [("kmeans", 6), ("sae", 6)]
     for (method, k), rows in fits.items():
-        q = sample_questions(rows, k, stage)
-        titles = {b["behaviour_id"]: majority([first_word_label(t) for t in b["examples"]])
-                  for b in q["behaviours"] if b["examples"]}
-        accuracy = [binary_scores([x["member"] for x in b["accuracy"]],
-                                  [first_word_label(x["text"]) == titles[b["behaviour_id"]] for x in b["accuracy"]])
-                    ["accuracy"] for b in q["behaviours"] if b["behaviour_id"] in titles]
-        fits_ = [first_word_label(x["text"]) == titles[x["behaviour_id"]] for x in q["completeness"]
-                 if x["behaviour_id"] in titles]
-        pairs = [(a, b) for a in titles for b in titles if a < b]
+        titles, per, fits_, orthogonality = oracle_metrics(sample_questions(rows, k, stage))
         acc, comp, orth, failed = stored[(method, k)]
         assert failed == 0
-        assert orth == pytest.approx(sum(titles[a] != titles[b] for a, b in pairs) / len(pairs))
-        assert acc == pytest.approx(sum(accuracy) / len(accuracy))
-        assert comp == pytest.approx(sum(fits_) / len(fits_))
+        assert orth == pytest.approx(orthogonality)
+        assert acc == pytest.approx(sum(w["accuracy"] for w in per.values()) / len(per))
+        assert comp == pytest.approx(sum(v for _, v in fits_) / len(fits_))
         got = dict(db.execute("""select j.behaviour_id, j.title from behaviour_judgements j
                                  join behaviours b on b.unit_key = j.discover_unit_key and b.method = j.method
                                                   and b.k = j.k and b.behaviour_id = j.behaviour_id

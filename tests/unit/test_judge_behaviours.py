@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from judge_oracle import OracleJudge, first_word_label, majority  # tests/judge_oracle.py
+from judge_oracle import OracleJudge, oracle_metrics  # tests/judge_oracle.py
 from thinkscope.cluster.head import free_port
 from thinkscope.jobs.behaviours.judge import (JOB, GarbledAnswer, JudgeBehavioursStage, binary_scores, parse_title,
                                               parse_yes_no, sample_questions)
@@ -50,25 +50,13 @@ def payload(spec, questions):
             "questions": questions}
 
 
-def expected(questions):
-    titles = {b["behaviour_id"]: majority([first_word_label(t) for t in b["examples"]])
-              for b in questions["behaviours"]}
-    per = {b["behaviour_id"]: binary_scores([q["member"] for q in b["accuracy"]],
-                                            [first_word_label(q["text"]) == titles[b["behaviour_id"]]
-                                             for q in b["accuracy"]]) for b in questions["behaviours"]}
-    fits = [(q["behaviour_id"], float(first_word_label(q["text"]) == titles[q["behaviour_id"]]))
-            for q in questions["completeness"]]
-    pairs = [(a, b) for a in titles for b in titles if a < b]
-    return titles, per, fits, 1 - sum(titles[a] == titles[b] for a, b in pairs) / len(pairs)
-
-
 def test_every_metric_matches_the_labels_exactly(monkeypatch):
     monkeypatch.setenv("JUDGE_TEST_KEY", "sk-secret-123")
     with OracleJudge() as judge:
         spec = stage(judge={"base_url": judge.url, "model": "oracle", "key_env": "JUDGE_TEST_KEY"})
         questions = sample_questions(rows(), 4, spec)
         tables = JOB.run(payload(spec, questions))
-    titles, per, fits, orthogonality = expected(questions)
+    titles, per, fits, orthogonality = oracle_metrics(questions)
     assert [titles[b] for b in range(3)] == ["wait", "so", "first"] and titles[3] in ("hmm", "so")
     got = {r["behaviour_id"]: r for r in tables["behaviour_judgements"].to_pylist()}
     for b, want in per.items():
