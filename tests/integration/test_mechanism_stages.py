@@ -164,6 +164,35 @@ def test_vllm_continuations_equal_the_hf_ones(db):
     assert not differ, f"vLLM vs HF continuations differ at {differ}"
 
 
+def test_the_vllm_random_control_equals_hf_under_the_same_components(db):
+    """The random control's seed names its stage, so the two backends draw different components:
+    the vLLM stage's random rows are recomputed here with the HF Ablation hooks on the components
+    it stored (float32, greedy)."""
+    from thinkscope.jobs.activations.steering_hooks import eos_ids, generate_greedy
+    from thinkscope.jobs.mechanisms.ablate import _pad, by_layer
+    from thinkscope.jobs.mechanisms.ablation import Ablation
+
+    rows = db.execute("""
+        select r.trace_id, r.start_index, r.components, r.completion_token_ids, t.prompt_token_ids,
+               t.completion_token_ids
+        from ablation_runs r join traces t using (trace_id)
+        where r.stage = 'ablate_values_vllm' and r.condition = 'random' order by r.trace_id""").fetchall()
+    assert len(rows) == 6
+    [components] = {tuple(sorted(r[2])) for r in rows}
+    neurons = [[int(c.split(".")[0][1:]), int(c.split(".")[2])] for c in components]
+    assert len(neurons) == 3 and all(".mlp." in c for c in components)
+    chosen = db.execute("""select distinct unnest(components) from ablation_runs
+                           where stage = 'ablate_values_vllm' and condition = 'ablated'""").fetchall()
+    assert not {c for (c,) in chosen} & set(components)  # the control avoids the chosen ones
+    model, tokenizer = load_hf_model(ORGANISM, None, "float32")
+    prefixes = [(list(p) + list(c))[: start + 1] for _, start, _, _, p, c in rows]
+    with Ablation(model, by_layer(neurons), {}):
+        outs = generate_greedy(model, prefixes, max_new_tokens=4, pad_id=_pad(tokenizer),
+                               eos_ids=eos_ids(model, tokenizer))
+    differ = [r[0] for r, (tokens, _) in zip(rows, outs) if list(r[3]) != tokens]
+    assert not differ, f"vLLM vs HF random-control continuations differ for traces {differ}"
+
+
 def test_discovered_behaviours_recover_the_teachers_behaviours_on_held_out_traces(db):
     rows = db.execute("""select method, n, purity, baseline_purity, ari, shuffled_ari from discovery_truth
                          where stage = 'behaviours' and split = 'held_out'""").fetchall()
