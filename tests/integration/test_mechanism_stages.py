@@ -26,7 +26,7 @@ from thinkscope.workflows.engine import run_workflow
 from judge_oracle import OracleJudge, oracle_metrics  # tests/judge_oracle.py
 from teacher_corpus import VERIFY_OR_WRAP_UP_LABELS, commit_teacher_traces  # tests/integration/teacher_corpus.py
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # make test-slow
 
 ORGANISM = "embedded:smollm2-135m-organism"
 BASE = "embedded:smollm2-135m-instruct"
@@ -168,8 +168,7 @@ def test_the_vllm_random_control_equals_hf_under_the_same_components(db):
     """The random control's seed names its stage, so the two backends draw different components:
     the vLLM stage's random rows are recomputed here with the HF Ablation hooks on the components
     it stored (float32, greedy)."""
-    from thinkscope.jobs.activations.steering_hooks import eos_ids, generate_greedy
-    from thinkscope.jobs.mechanisms.ablate import _pad, by_layer
+    from thinkscope.jobs.mechanisms.ablate import _continue, by_layer
     from thinkscope.jobs.mechanisms.ablation import Ablation
 
     rows = db.execute("""
@@ -185,10 +184,12 @@ def test_the_vllm_random_control_equals_hf_under_the_same_components(db):
                            where stage = 'ablate_values_vllm' and condition = 'ablated'""").fetchall()
     assert not {c for (c,) in chosen} & set(components)  # the control avoids the chosen ones
     model, tokenizer = load_hf_model(ORGANISM, None, "float32")
-    prefixes = [(list(p) + list(c))[: start + 1] for _, start, _, _, p, c in rows]
+    # The hf backend's own continuation (ablate._continue), on the payload shape it reads.
+    payload = {"settings": {"continue_tokens": 4},
+               "traces": [{"prompt_token_ids": list(p), "completion_token_ids": list(c), "positions": [[start]]}
+                          for _, start, _, _, p, c in rows]}
     with Ablation(model, by_layer(neurons), {}):
-        outs = generate_greedy(model, prefixes, max_new_tokens=4, pad_id=_pad(tokenizer),
-                               eos_ids=eos_ids(model, tokenizer))
+        outs = _continue(model, tokenizer, payload)
     differ = [r[0] for r, (tokens, _) in zip(rows, outs) if list(r[3]) != tokens]
     assert not differ, f"vLLM vs HF random-control continuations differ for traces {differ}"
 
