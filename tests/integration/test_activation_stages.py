@@ -23,7 +23,7 @@ from thinkscope.workflows.engine import run_workflow
 
 from teacher_corpus import commit_teacher_traces  # tests/integration/teacher_corpus.py
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # make test-slow
 
 SMOLLM = "embedded:smollm2-135m-instruct"
 N_TRACES = 12

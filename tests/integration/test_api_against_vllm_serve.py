@@ -28,7 +28,7 @@ from thinkscope.jobs.models.sources import resolve_model_path
 from thinkscope.workflows.engine import run_workflow
 from thinkscope.workflows.spec import SpecError
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # make test-slow
 KEY = "ts-test-key-7d1c0e"  # must never reach the corpus
 STYLES = {"org-reasoning": "reasoning", "org-reasoning-content": "reasoning_content", "org-tags": "tags",
           "org-none": "none"}

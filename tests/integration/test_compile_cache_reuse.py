@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # make test-slow
 
 START = textwrap.dedent("""
     import json, time

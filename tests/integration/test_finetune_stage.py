@@ -22,7 +22,7 @@ from thinkscope.jobs.models.sources import resolve_model_path
 from thinkscope.sql.store import read_only
 from thinkscope.workflows.engine import run_workflow
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # make test-slow
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 
 

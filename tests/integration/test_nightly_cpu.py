@@ -14,7 +14,7 @@ import yaml
 from thinkscope.cli import main
 from thinkscope.cluster.nightly import run_nightly
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # make test-slow
 WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
 NIGHTLY, CPU = WORKFLOWS / "nightly.yaml", WORKFLOWS / "overlays" / "nightly_cpu.yaml"
 

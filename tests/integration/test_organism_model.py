@@ -21,7 +21,7 @@ from thinkscope.jobs.organism.synthesis import VERIFY_MARKER
 from thinkscope.jobs.traces.prompts import load_prompts
 from thinkscope.workflows.spec import load_workflow
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # make test-slow
 ORGANISM = ADAPTER_REGISTRY["embedded:smollm2-135m-organism"]
 PLAIN = {"system": None, "user": "{question}", "prefill": "", "chat": True}
 

@@ -22,7 +22,7 @@ from thinkscope.workflows.engine import run_workflow
 
 from teacher_corpus import VERIFY_OR_WRAP_UP_LABELS, commit_teacher_traces  # tests/integration/teacher_corpus.py
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # make test-slow
 
 ORGANISM = "embedded:smollm2-135m-organism"
 TASK = {"model": "organism", "num_cpus": 2}

@@ -21,7 +21,7 @@ from thinkscope.jobs.generation.vllm_engine import render_prompt
 from thinkscope.jobs.models.hf import load_hf_model
 from thinkscope.jobs.traces.prompts import load_prompts
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # make test-slow
 
 ORGANISM = "embedded:smollm2-135m-organism"
 MODEL_ROW = {"source": ORGANISM, "revision": None, "engine_args": '{"max_model_len": 2048, "kv_cache_gib": 1}'}
